@@ -1,0 +1,129 @@
+"""`sightbeyond <stage>`: one subcommand per DVC stage, plus `preview` and `chain`. Parameters come from params.yaml."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from sightbeyond.config import ConfigError, load_params, project_root
+
+VARIANTS = ("lora-image", "lora-text", "ft-image", "ft-text")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sightbeyond", description=__doc__)
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a params.yaml value for this command (YAML value), e.g. -S backbone=llama2")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("synth", help="write ShapesWorld in the real datasets' layouts, and the NLP fixtures")
+    sub.add_parser("backbone", help="build the tiny backbone (tokenizer, LLaMA, CLIP) under models/tiny")
+    sub.add_parser("check", help="validate params.yaml and resolve the backbone's weights; nothing else")
+    sub.add_parser("prepare", help="LLaVA-layout files into TRL datasets (stage 1, stage 2 image and text)")
+    sub.add_parser("stage1", help="train the projector")
+    for name, help_ in (("stage2", "visual instruction tuning"), ("extract", "the tuned LLM alone, LoRA merged")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--tuning", choices=("lora", "ft"), required=True)
+        s.add_argument("--modality", choices=("image", "text"), required=True)
+    s = sub.add_parser("eval_nlp", help="lm-evaluation-harness on an LLM")
+    s.add_argument("--model", required=True, choices=("base", *VARIANTS))
+    s = sub.add_parser("eval_mm", help="POPE on an image-tuned model")
+    s.add_argument("--tuning", choices=("lora", "ft"), required=True)
+    s = sub.add_parser("chain", help="one backbone's chain as a DVC experiment (the MLproject entry point)")
+    s.add_argument("--backbone", required=True)
+    s.add_argument("--tuning", choices=("lora", "ft"), required=True)
+    s.add_argument("--modality", choices=("image", "text"), required=True)
+    s.add_argument("--data", choices=("full", "conversation", "detail", "reasoning"), required=True)
+    s = sub.add_parser("preview", help="print what the model sees and what it is trained on, for the first records")
+    s.add_argument("--split", required=True, help="stage1 | image | text, or a prepared dataset directory")
+    s.add_argument("--n", type=int, default=3)
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+    return p
+
+
+def _overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"-S {pair!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        os.chdir(project_root())  # paths in params.yaml and dvc.yaml are relative to the project root
+        overrides = _overrides(args.set)
+        if args.command == "chain":
+            overrides |= {"backbone": args.backbone, "grid.tuning": [args.tuning], "grid.modality": [args.modality],
+                          "grid.data": args.data}
+        params = load_params(overrides=overrides)
+        if args.command not in ("synth", "backbone", "preview"):
+            from sightbeyond.model.weights import resolve_backbone
+
+            resolve_backbone(params)  # missing weights stop every stage in seconds, before data is read
+        match args.command:
+            case "synth":
+                from sightbeyond.data.shapesworld import generate
+
+                generate(params.synth, Path("data/shapesworld"))
+            case "backbone":
+                from sightbeyond.model.tiny import build
+
+                build(params.tiny_backbone, Path("data/shapesworld"), Path("models/tiny"), params.synth.image_size)
+            case "check":
+                from sightbeyond.model.weights import resolve_backbone
+
+                print(resolve_backbone(params))
+            case "prepare":
+                from sightbeyond.data.prepare import run
+
+                run(params)
+            case "stage1":
+                from sightbeyond.training.stage1 import run
+
+                run(params)
+            case "stage2":
+                from sightbeyond.training.stage2 import run
+
+                run(params, args.tuning, args.modality)
+            case "extract":
+                from sightbeyond.model.extract import run
+
+                run(params, args.tuning, args.modality)
+            case "eval_nlp":
+                from sightbeyond.evaluation.nlp_stage import run
+
+                run(params, args.model)
+            case "eval_mm":
+                from sightbeyond.evaluation.mm_stage import run
+
+                run(params, args.tuning)
+            case "chain":
+                import json
+                import subprocess
+
+                targets = ["eval_nlp_base", "eval_nlp"] + (["eval_mm"] if args.modality == "image" else [])
+                sets = [f"-S{key}={json.dumps(value)}" for key, value in overrides.items()]
+                return subprocess.run(["dvc", "exp", "run", *sets, *targets]).returncode
+            case "preview":
+                from sightbeyond.training.preview import run
+
+                run(params, args.split, args.n, as_json=args.json)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
+        from sightbeyond.model.weights import MissingWeightsError
+
+        if isinstance(err, (ConfigError, MissingWeightsError, FileNotFoundError)) or type(err).__name__ == "BadRecord":
+            print(f"sightbeyond {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""params.yaml, validated once into typed objects: a bad key or value fails here, before any model loads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+Tuning = Literal["lora", "ft"]
+Modality = Literal["image", "text"]
+InstructData = Literal["full", "conversation", "detail", "reasoning"]
+Template = Literal["plain", "v1", "llama_2"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Backbone(Strict):
+    llm: str
+    vision: str
+    template: Template
+    local_path: str | None = None
+    vision_local_path: str | None = None
+
+
+class Grid(Strict):
+    tuning: list[Tuning]
+    modality: list[Modality]
+    data: InstructData = "full"
+
+
+class Tracking(Strict):
+    experiment: str = "sight-beyond-text"
+
+
+class Synth(Strict):
+    seed: int = 0
+    image_size: PositiveInt = 64
+    max_shapes: PositiveInt = 3
+    stage1_pairs: PositiveInt
+    conversation: PositiveInt
+    detail: PositiveInt
+    complex_reasoning: PositiveInt
+    pope_images: PositiveInt
+    nlp_fixture_rows: PositiveInt = 24
+
+
+class TinyLLM(Strict):
+    hidden_size: PositiveInt
+    num_hidden_layers: PositiveInt
+    num_attention_heads: PositiveInt
+    intermediate_size: PositiveInt
+    max_position_embeddings: PositiveInt
+
+
+class TinyCLIP(Strict):
+    hidden_size: PositiveInt
+    num_hidden_layers: PositiveInt
+    num_attention_heads: PositiveInt
+    intermediate_size: PositiveInt
+    patch_size: PositiveInt
+    projection_dim: PositiveInt
+
+
+class Pretrain(Strict):
+    steps: PositiveInt
+    batch_size: PositiveInt
+    lr: PositiveFloat
+    seq_len: PositiveInt = 96
+
+
+class TinyBackbone(Strict):
+    seed: int = 0
+    vocab_size: PositiveInt
+    llm: TinyLLM
+    llm_pretrain: Pretrain
+    clip: TinyCLIP
+    clip_pretrain: Pretrain
+
+
+class Prepare(Strict):
+    stage1_file: Path
+    stage1_images: Path
+    instruct_dir: Path
+    instruct_images: Path
+    on_bad_record: Literal["error", "skip"] = "error"
+
+
+class ModelCfg(Strict):
+    projector: Literal["linear", "mlp2x_gelu"] = "linear"
+    vision_feature_layer: int = -2
+
+
+class Stage1(Strict):
+    epochs: PositiveFloat = 1
+    batch_size: PositiveInt
+    lr: PositiveFloat
+    warmup_ratio: float = 0.03
+    max_length: PositiveInt
+
+
+class LoraCfg(Strict):
+    r: PositiveInt
+    alpha: PositiveInt
+    dropout: float
+
+
+class Stage2LR(Strict):
+    ft: PositiveFloat
+    lora: PositiveFloat
+
+
+class Stage2(Strict):
+    epochs: PositiveFloat = 1
+    batch_size: PositiveInt
+    grad_accum: PositiveInt = 1
+    max_length: PositiveInt
+    warmup_ratio: float = 0.03
+    lr: Stage2LR
+    lora: LoraCfg
+    eval_steps: PositiveInt
+    stepwise_limit: PositiveInt | None = None
+
+
+class EvalNLP(Strict):
+    source: Literal["fixture", "local"] = "fixture"
+    local_root: str | None = None
+    tasks: list[str]
+    batch_size: PositiveInt = 16
+    limit: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _local_needs_root(self):
+        if self.source == "local" and not self.local_root:
+            raise ValueError("eval_nlp.source is 'local' but eval_nlp.local_root is not set")
+        return self
+
+
+class EvalMM(Strict):
+    pope_dir: Path
+    pope_images: Path
+    splits: list[Literal["random", "popular", "adversarial"]]
+    max_new_tokens: PositiveInt = 16
+    batch_size: PositiveInt = 32
+    do_sample: bool = False
+
+
+class Params(Strict):
+    backbone: str
+    grid: Grid
+    backbones: dict[str, Backbone]
+    tracking: Tracking
+    synth: Synth
+    tiny_backbone: TinyBackbone
+    prepare: Prepare
+    model: ModelCfg
+    stage1: Stage1
+    stage2: Stage2
+    eval_nlp: EvalNLP
+    eval_mm: EvalMM
+
+    @model_validator(mode="after")
+    def _backbone_known(self):
+        if self.backbone not in self.backbones:
+            raise ValueError(f"backbone {self.backbone!r} is not in backbones: {sorted(self.backbones)}")
+        return self
+
+    @property
+    def active(self) -> Backbone:
+        return self.backbones[self.backbone]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def project_root() -> Path:
+    """The directory holding params.yaml: $SIGHTBEYOND_ROOT, else the nearest one above the working directory."""
+    if root := os.environ.get("SIGHTBEYOND_ROOT"):
+        return Path(root).resolve()
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "params.yaml").exists():
+            return d
+    raise ConfigError(f"no params.yaml in {here} or above; run from the project or set SIGHTBEYOND_ROOT")
+
+
+def load_params(path: Path | None = None, overrides: dict | None = None) -> Params:
+    path = path or project_root() / "params.yaml"
+    raw = yaml.safe_load(path.read_text()) or {}
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: invalid parameters\n{err}") from None

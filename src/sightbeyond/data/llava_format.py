@@ -1,0 +1,138 @@
+"""LLaVA-layout records (LLaVA-CC3M-Pretrain-595K, LLaVA-Instruct-150K) into TRL's conversational format.
+
+A record is `{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}]}`, with `<image>` once in the
+human turns. Each bad record stops the stage with its file, id and reason, or is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+IMAGE_TOKEN = "<image>"
+ROLES = {"human": "user", "gpt": "assistant"}
+# the `data` param: which LLaVA-Instruct file stage 2 reads
+INSTRUCT_FILES = {"full": "llava_instruct_*.json", "conversation": "conversation_*.json",
+                  "detail": "detail_*.json", "reasoning": "complex_reasoning_*.json"}
+
+
+class BadRecord(ValueError):
+    def __init__(self, file: Path, record: str, reason: str):
+        super().__init__(f"{file}: record {record}: {reason}")
+        self.reason = reason
+
+
+class Invalid(ValueError):
+    """What is wrong with one record; `kind` is how skipped records are counted."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+
+
+@dataclass
+class Report:
+    read: int = 0
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {"read": self.read, "kept": self.kept, "skipped": sum(self.skipped.values()), "reasons": dict(self.skipped)}
+
+
+def find_instruct_file(root: Path, data: str) -> Path:
+    matches = sorted(root.glob(INSTRUCT_FILES[data]))
+    if len(matches) != 1:
+        raise FileNotFoundError(f"{root}: expected one file matching {INSTRUCT_FILES[data]!r} for data={data!r}, found {[m.name for m in matches]}")
+    return matches[0]
+
+
+def iter_records(path: Path) -> Iterator[dict]:
+    """Records of a JSON array, one at a time, so a syntax error names the record where it happens."""
+    text = path.read_text()
+    decoder, pos, index, last_id = json.JSONDecoder(), text.find("["), 0, None
+    if pos < 0:
+        raise BadRecord(path, "#0", "not a JSON array")
+    pos += 1
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos < len(text) and text[pos] == "]":
+            return
+        try:
+            record, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            after = f" (after id {last_id})" if last_id is not None else ""
+            raise BadRecord(path, f"#{index}{after}", f"unparsable JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+        yield record
+        last_id, index = record.get("id", index) if isinstance(record, dict) else index, index + 1
+
+
+def check_image(path: Path) -> None:
+    if not path.is_file():
+        raise Invalid("missing image", f"image {path} not found")
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (32, 32))  # JPEG: decode at reduced scale, still reading the whole stream
+            img.load()
+    except Exception as err:
+        raise Invalid("unreadable image", f"image {path} unreadable ({err.__class__.__name__}: {err})") from None
+
+
+def to_messages(record: dict, *, with_image: bool, plain: bool = False) -> list[dict]:
+    """LLaVA turns to TRL messages. With an image, `<image>` becomes an image part at the start of its turn, as LLaVA
+    moves it there; without, it is removed (the paper's text-only ablation)."""
+    convs = record.get("conversations")
+    if not isinstance(convs, list) or not convs:
+        raise Invalid("malformed", "no conversations")
+    if any(not isinstance(t, dict) or t.get("from") not in ROLES or not isinstance(t.get("value"), str) for t in convs):
+        raise Invalid("malformed", "a turn is not {'from': 'human'|'gpt', 'value': str}")
+    if not any(t["from"] == "gpt" and t["value"].strip() for t in convs):
+        raise Invalid("no assistant turn", "no assistant turn")
+    n_images = sum(t["value"].count(IMAGE_TOKEN) for t in convs)
+    if n_images != 1 or any(IMAGE_TOKEN in t["value"] for t in convs if t["from"] == "gpt"):
+        raise Invalid("image token count", f"{IMAGE_TOKEN} appears {n_images} times (expected once, in a human turn)")
+    messages = []
+    for turn in convs:
+        role, value = ROLES[turn["from"]], turn["value"]
+        has_image = IMAGE_TOKEN in value
+        text = value.replace(IMAGE_TOKEN, "").strip()
+        if with_image:
+            parts = ([{"type": "image", "text": None}] if has_image else []) + ([] if plain and role == "user" else [{"type": "text", "text": text}])
+            messages.append({"role": role, "content": parts})
+        else:
+            messages.append({"role": role, "content": text})
+    return messages
+
+
+def read_llava_file(path: Path, image_dir: Path, *, on_bad_record: str, with_image: bool, plain: bool = False,
+                    report: Report | None = None) -> list[dict]:
+    """Validated rows `{"id", "messages", "images"}` (images only `with_image`)."""
+    report = report if report is not None else Report()
+    rows = []
+    for i, record in enumerate(tqdm(iter_records(path), desc=f"read {path.name}", unit=" records", mininterval=2)):
+        report.read += 1
+        record_id = str(record.get("id", f"#{i}")) if isinstance(record, dict) else f"#{i}"
+        try:
+            if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+                raise Invalid("malformed", "no 'image' field")
+            messages = to_messages(record, with_image=with_image, plain=plain)
+            image = image_dir / record["image"]
+            check_image(image)  # the text-only variant is the same records, so it keeps the same ones
+        except Invalid as err:
+            if on_bad_record == "error":
+                raise BadRecord(path, record_id, str(err)) from None
+            report.skipped[err.kind] += 1
+            continue
+        row = {"id": record_id, "messages": messages}
+        if with_image:
+            row["images"] = [str(image)]
+        rows.append(row)
+        report.kept += 1
+    return rows

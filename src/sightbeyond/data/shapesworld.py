@@ -1,0 +1,254 @@
+"""ShapesWorld: seeded images of coloured shapes, written in the layouts of the real datasets.
+
+- stage 1 pairs as LLaVA-CC3M-Pretrain-595K: `cc3m/chat.json` + `cc3m/images/`
+- stage 2 instructions as LLaVA-Instruct-150K: `instruct/{conversation,detail,complex_reasoning}_<n>.json` and the
+  mixed `instruct/llava_instruct_<n>.json`, images in `coco/train2017/`
+- POPE on held-out images as the official release: `pope/coco_pope_<split>.json` (JSON lines), images in `coco/val2014/`
+- TruthfulQA / ETHICS fixtures in their official layouts under `nlp/`
+
+The importers that read the real files read these unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from sightbeyond.config import Synth
+from sightbeyond.io import atomic_dir
+
+SHAPES = ("circle", "ring", "hexagon", "square", "diamond", "cross", "triangle", "star")
+# Shapes of a family co-occur more often, and some shapes are more frequent: this gives POPE's popular and
+# adversarial negative sampling something to work with, as COCO's object statistics do.
+FAMILY = {"circle": 0, "ring": 0, "hexagon": 0, "square": 1, "diamond": 1, "cross": 1, "triangle": 2, "star": 2}
+FREQUENCY = {"circle": 6, "square": 5, "triangle": 4, "star": 3, "ring": 2, "hexagon": 2, "diamond": 2, "cross": 1}
+CORNERS = {"circle": 0, "ring": 0, "hexagon": 6, "square": 4, "diamond": 4, "cross": 12, "triangle": 3, "star": 10}
+COLORS = {
+    "red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 90, 230),
+    "yellow": (235, 215, 40), "purple": (150, 60, 200), "white": (240, 240, 240),
+}
+CELLS = ("top left", "top right", "bottom left", "bottom right")
+
+CAPTION_PROMPTS = (
+    "Describe the image concisely.", "Provide a brief description of the given image.",
+    "Offer a succinct explanation of the picture presented.", "Summarize the visual content of the image.",
+    "Give a short and clear explanation of the subsequent image.", "Share a concise interpretation of the image provided.",
+)
+DETAIL_PROMPTS = (
+    "Describe the following image in detail.", "Can you elaborate on the elements of the picture provided?",
+    "What do you see happening in this image?", "Explain the visual content of the image in great detail.",
+)
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str
+    color: str
+    cell: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.kind}"
+
+
+def sample_scene(rng: random.Random, n_shapes: int) -> list[Shape]:
+    kinds: list[str] = []
+    while len(kinds) < n_shapes:
+        pool = [k for k in SHAPES if k not in kinds]
+        if kinds and rng.random() < 0.6:
+            same_family = [k for k in pool if FAMILY[k] == FAMILY[kinds[-1]]]
+            pool = same_family or pool
+        kinds.append(rng.choices(pool, weights=[FREQUENCY[k] for k in pool])[0])
+    cells = rng.sample(range(len(CELLS)), n_shapes)
+    colors = rng.sample(sorted(COLORS), n_shapes)
+    return [Shape(k, c, cell) for k, c, cell in zip(kinds, colors, cells)]
+
+
+def draw(scene: list[Shape], size: int, rng: random.Random) -> Image.Image:
+    background = tuple(rng.randint(10, 50) for _ in range(3))
+    img = Image.new("RGB", (size, size), background)
+    pen = ImageDraw.Draw(img)
+    half = size // 2
+    for shape in scene:
+        r = rng.uniform(0.3, 0.42) * half
+        cx = (shape.cell % 2) * half + half / 2 + rng.uniform(-0.08, 0.08) * half
+        cy = (shape.cell // 2) * half + half / 2 + rng.uniform(-0.08, 0.08) * half
+        fill = COLORS[shape.color]
+        box = (cx - r, cy - r, cx + r, cy + r)
+        match shape.kind:
+            case "circle":
+                pen.ellipse(box, fill=fill)
+            case "ring":
+                pen.ellipse(box, outline=fill, width=max(2, int(r / 3)))
+            case "square":
+                pen.rectangle(box, fill=fill)
+            case "diamond":
+                pen.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+            case "triangle":
+                pen.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
+            case "hexagon":
+                pen.regular_polygon((cx, cy, r), 6, fill=fill)
+            case "star":
+                points = [(cx + (r if i % 2 == 0 else r / 2.4) * math.sin(i * math.pi / 5),
+                           cy - (r if i % 2 == 0 else r / 2.4) * math.cos(i * math.pi / 5)) for i in range(10)]
+                pen.polygon(points, fill=fill)
+            case "cross":
+                w = r / 3
+                pen.rectangle((cx - w, cy - r, cx + w, cy + r), fill=fill)
+                pen.rectangle((cx - r, cy - w, cx + r, cy + w), fill=fill)
+    return img
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _listing(scene: list[Shape]) -> str:
+    names = [f"{_article(s.name)} {s.name}" for s in scene]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def caption(scene: list[Shape]) -> str:
+    return f"{_listing(scene)} on a dark background ."
+
+
+def conversation(scene: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
+    """Short multi-turn Q&A; the first question is a balanced yes/no about an object, as in LLaVA's conversations."""
+    present = {s.kind: s for s in scene}
+    absent = [k for k in SHAPES if k not in present]
+    turns = []
+    if rng.random() < 0.5:
+        s = rng.choice(scene)
+        turns.append((f"Is there {_article(s.kind)} {s.kind} in the image?", f"Yes, there is {_article(s.name)} {s.name} in the image."))
+    else:
+        k = rng.choice(absent)
+        turns.append((f"Is there {_article(k)} {k} in the image?", f"No, there is no {k} in the image."))
+    asks = [
+        lambda s: (f"What color is the {s.kind}?", f"The {s.kind} is {s.color}."),
+        lambda s: (f"Where is the {s.kind} located?", f"The {s.name} is in the {CELLS[s.cell]} of the image."),
+        lambda s: (f"What shape is {s.color}?", f"The {s.color} shape is {_article(s.kind)} {s.kind}."),
+    ]
+    for ask in rng.sample(asks, rng.randint(1, 2)):
+        turns.append(ask(rng.choice(scene)))
+    if rng.random() < 0.5:
+        n = len(scene)
+        turns.append(("How many shapes are in the image?", f"There {'is one shape' if n == 1 else f'are {n} shapes'} in the image."))
+    return turns
+
+
+def detail(scene: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
+    n = len(scene)
+    parts = [f"The image shows {'one shape' if n == 1 else f'{n} shapes'} on a dark background."]
+    for s in sorted(scene, key=lambda s: s.cell):
+        parts.append(f"In the {CELLS[s.cell]} there is {_article(s.name)} {s.name}.")
+    empty = [CELLS[i] for i in range(len(CELLS)) if i not in {s.cell for s in scene}]
+    if empty:
+        parts.append(f"The {' and the '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty.")
+    return [(rng.choice(DETAIL_PROMPTS), " ".join(parts))]
+
+
+def complex_reasoning(scene: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
+    if len(scene) > 1 and rng.random() < 0.5:
+        gone = rng.choice(scene)
+        rest = [s for s in scene if s is not gone]
+        return [(f"If the {gone.name} were removed, what would remain in the image?",
+                 f"Removing the {gone.name} would leave {_listing(rest)}, so {len(rest)} "
+                 f"shape{'s' if len(rest) > 1 else ''} would remain.")]
+    total = sum(CORNERS[s.kind] for s in scene)
+    reasons = [f"the {s.name} has {CORNERS[s.kind] or 'no'} corner{'' if CORNERS[s.kind] == 1 else 's'}" for s in scene]
+    return [("How many corners do the shapes in the image have altogether?",
+             f"Counting them one by one, {', '.join(reasons)}, so together they have {total} corners.")]
+
+
+INSTRUCTION_KINDS = {"conversation": conversation, "detail": detail, "complex_reasoning": complex_reasoning}
+
+
+def llava_record(record_id: str, image: str, turns: list[tuple[str, str]], rng: random.Random) -> dict:
+    first_q = turns[0][0]
+    # LLaVA-Instruct puts <image> before or after the first question, on its own line.
+    first_q = f"<image>\n{first_q}" if rng.random() < 0.5 else f"{first_q}\n<image>"
+    convs = []
+    for i, (q, a) in enumerate(turns):
+        convs += [{"from": "human", "value": first_q if i == 0 else q}, {"from": "gpt", "value": a}]
+    return {"id": record_id, "image": image, "conversations": convs}
+
+
+def pope_questions(scenes: dict[str, list[Shape]], rng: random.Random) -> dict[str, list[dict]]:
+    """POPE's three negative samplings: uniform, most frequent overall, most co-occurring with what is present."""
+    frequency = {k: sum(k in {s.kind for s in sc} for sc in scenes.values()) for k in SHAPES}
+    cooccur = {(a, b): 0 for a in SHAPES for b in SHAPES}
+    for sc in scenes.values():
+        for a in sc:
+            for b in sc:
+                cooccur[a.kind, b.kind] += a.kind != b.kind
+    splits: dict[str, list[dict]] = {"random": [], "popular": [], "adversarial": []}
+    for image, scene in scenes.items():
+        present = [s.kind for s in scene]
+        absent = [k for k in SHAPES if k not in present]
+        negatives = {
+            "random": rng.sample(absent, 3),
+            "popular": sorted(absent, key=lambda k: -frequency[k])[:3],
+            "adversarial": sorted(absent, key=lambda k: -sum(cooccur[p, k] for p in present))[:3],
+        }
+        for split, negs in negatives.items():
+            qs = [(k, "yes") for k in present[:3]] + [(k, "no") for k in negs]
+            for kind, label in qs:
+                rows = splits[split]
+                rows.append({"question_id": len(rows) + 1, "image": image,
+                             "text": f"Is there {_article(kind)} {kind} in the image?", "label": label})
+    return splits
+
+
+def generate(cfg: Synth, out: Path) -> None:
+    """Write the whole ShapesWorld release to `out` (atomically)."""
+    from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
+
+    rng = random.Random(cfg.seed)
+    with atomic_dir(out) as tmp:
+        # stage 1: LLaVA-CC3M-Pretrain-595K
+        (tmp / "cc3m/images").mkdir(parents=True)
+        chat = []
+        for i in tqdm(range(cfg.stage1_pairs), desc="synth stage-1 pairs"):
+            scene = sample_scene(rng, rng.randint(1, cfg.max_shapes))
+            name = f"GCC_train_{i:09d}.jpg"
+            draw(scene, cfg.image_size, rng).save(tmp / "cc3m/images" / name, quality=95)
+            chat.append({"id": name.removesuffix(".jpg"), "image": name, "conversations": [
+                {"from": "human", "value": f"{rng.choice(CAPTION_PROMPTS)}\n<image>"},
+                {"from": "gpt", "value": caption(scene)}]})
+        (tmp / "cc3m/chat.json").write_text(json.dumps(chat))
+
+        # stage 2: LLaVA-Instruct-150K, images as COCO train2017
+        (tmp / "coco/train2017").mkdir(parents=True)
+        (tmp / "instruct").mkdir()
+        mixed, image_id = [], 0
+        for kind, make in INSTRUCTION_KINDS.items():
+            records = []
+            for _ in tqdm(range(getattr(cfg, kind)), desc=f"synth {kind}"):
+                image_id += 1
+                scene = sample_scene(rng, rng.randint(1, cfg.max_shapes))
+                name = f"{image_id:012d}.jpg"
+                draw(scene, cfg.image_size, rng).save(tmp / "coco/train2017" / name, quality=95)
+                records.append(llava_record(f"{image_id:012d}", name, make(scene, rng), rng))
+            (tmp / f"instruct/{kind}_{len(records)}.json").write_text(json.dumps(records))
+            mixed += records
+        rng.shuffle(mixed)
+        (tmp / f"instruct/llava_instruct_{len(mixed)}.json").write_text(json.dumps(mixed))
+
+        # POPE on held-out images, as COCO val2014 (scenes of exactly three objects, as POPE picks)
+        (tmp / "coco/val2014").mkdir(parents=True)
+        (tmp / "pope").mkdir()
+        scenes = {}
+        for i in range(cfg.pope_images):
+            name = f"COCO_val2014_{900000 + i:012d}.jpg"
+            scenes[name] = sample_scene(rng, 3)
+            draw(scenes[name], cfg.image_size, rng).save(tmp / "coco/val2014" / name, quality=95)
+        for split, rows in pope_questions(scenes, rng).items():
+            (tmp / f"pope/coco_pope_{split}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+        write_nlp_fixtures(tmp / "nlp", seed=cfg.seed, n_truthfulqa=cfg.nlp_fixture_rows, n_ethics=cfg.nlp_fixture_rows)

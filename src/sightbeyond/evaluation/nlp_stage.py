@@ -1,0 +1,41 @@
+"""Stage `eval_nlp`: lm-evaluation-harness on an LLM alone, the untuned base or a tuned one after `extract`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sightbeyond.config import Params
+from sightbeyond.io import write_json
+
+FIXTURES = Path("data/shapesworld/nlp")
+RESULTS = Path("results/eval_nlp")
+
+
+def nlp_data_root(params: Params) -> Path:
+    return FIXTURES if params.eval_nlp.source == "fixture" else Path(params.eval_nlp.local_root)
+
+
+def run(params: Params, model: str) -> None:
+    """`model` is `base` or a stage-2 variant `<tuning>-<modality>`."""
+    import mlflow
+    from transformers import AutoTokenizer
+
+    from sightbeyond.evaluation.nlp import evaluate_llm
+    from sightbeyond.model.weights import resolve_backbone
+    from sightbeyond.tracking.runs import stage_run
+    from sightbeyond.training.common import extracted_dir
+
+    if model == "base":
+        path, tags = resolve_backbone(params).llm, {"tuning": "none", "modality": "none"}
+    else:
+        tuning, modality = model.split("-")
+        path, tags = str(extracted_dir(params, tuning, modality)), {"tuning": tuning, "modality": modality}
+    cfg, data_root = params.eval_nlp, nlp_data_root(params)
+    with stage_run("eval_nlp", params, name=f"eval_nlp-{params.backbone}-{model}", tags=tags | {"model": model},
+                   param_sections=("eval_nlp",), inputs=[Path(path), data_root] if model != "base" else [data_root]):
+        result = evaluate_llm(path, AutoTokenizer.from_pretrained(path), cfg.tasks, data_root,
+                              limit=cfg.limit, batch_size=cfg.batch_size, log_samples=True)
+        mlflow.log_metrics(result.metrics)
+        mlflow.log_dict(json.loads(json.dumps(result.raw, default=str)), "lm_eval_results.json")
+        write_json(RESULTS / f"{params.backbone}-{model}.json", result.metrics)

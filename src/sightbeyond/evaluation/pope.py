@@ -1,0 +1,31 @@
+"""POPE's official answer parsing and metrics (Li et al., 2023, `evaluate.py`)."""
+
+from __future__ import annotations
+
+
+def parse_answer(text: str) -> str:
+    """First sentence, commas dropped; "No", "not" or "no" among its words means no, anything else yes."""
+    if "." in text:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if any(w in words for w in ("No", "not", "no")) else "yes"
+
+
+def pope_metrics(labels: list[str], answers: list[str]) -> dict[str, float]:
+    if len(labels) != len(answers):
+        raise ValueError(f"{len(answers)} answers for {len(labels)} questions")
+    preds = [parse_answer(a) == "yes" for a in answers]
+    truth = [label == "yes" for label in labels]
+    tp = sum(p and t for p, t in zip(preds, truth))
+    fp = sum(p and not t for p, t in zip(preds, truth))
+    tn = sum(not p and not t for p, t in zip(preds, truth))
+    fn = sum(not p and t for p, t in zip(preds, truth))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "acc": (tp + tn) / len(labels),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "yes_ratio": sum(preds) / len(preds),
+    }

@@ -1,0 +1,142 @@
+"""The multimodal model: transformers' LLaVA class over a frozen CLIP and an LLM, and the LLM taken back out of it."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPVisionModel,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedModel,
+)
+
+from sightbeyond.config import Params
+from sightbeyond.model.weights import resolve_backbone
+
+IMAGE_TOKEN = "<image>"
+PROJECTOR_FILE = "projector.safetensors"
+
+
+def chat_template(name: str) -> str:
+    return resources.files("sightbeyond.model.templates").joinpath(f"{name}.jinja").read_text()
+
+
+class LinearProjector(nn.Module):
+    def __init__(self, config: LlavaConfig):
+        super().__init__()
+        self.linear = nn.Linear(config.vision_config.hidden_size, config.text_config.hidden_size)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.linear(image_features)
+
+
+class SightLlava(LlavaForConditionalGeneration):
+    """LLaVA with the projector named by `config.projector_type`.
+
+    Why a subclass: transformers' LLaVA only has LLaVA-1.5's two-layer MLP; the paper (LLaVA v1) uses one linear layer.
+    """
+
+    def __init__(self, config: LlavaConfig):
+        super().__init__(config)
+        if getattr(config, "projector_type", "mlp2x_gelu") == "linear":
+            self.model.multi_modal_projector = LinearProjector(config)
+
+
+def load_tokenizer(params: Params, template: str | None = None):
+    weights = resolve_backbone(params)
+    tokenizer = AutoTokenizer.from_pretrained(weights.llm)
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer.chat_template = chat_template(template or params.active.template)
+    return tokenizer
+
+
+def load_processor(params: Params, template: str | None = None) -> LlavaProcessor:
+    from transformers import AutoImageProcessor
+
+    weights = resolve_backbone(params)
+    tokenizer = load_tokenizer(params, template)
+    image_processor = AutoImageProcessor.from_pretrained(weights.vision)
+    vision = CLIPVisionModel.config_class.from_pretrained(weights.vision)
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy="default",
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" feature selection
+        chat_template=tokenizer.chat_template,
+    )
+
+
+def load_llm(params: Params, tokenizer) -> PreTrainedModel:
+    llm = AutoModelForCausalLM.from_pretrained(resolve_backbone(params).llm, dtype=torch.float32)
+    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:  # the image token is new to a hub LLM
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    llm.config.pad_token_id = tokenizer.pad_token_id
+    return llm
+
+
+def build_llava(params: Params, tokenizer, projector_dir: Path | None = None) -> SightLlava:
+    """Assemble LLaVA from the backbone's LLM and CLIP (and a stage-1 projector, if given) without copying weights."""
+    llm = load_llm(params, tokenizer)
+    vision = CLIPVisionModel.from_pretrained(resolve_backbone(params).vision, dtype=torch.float32)
+    config = LlavaConfig(
+        vision_config=vision.config,
+        text_config=llm.config,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_layer=params.model.vision_feature_layer,
+        vision_feature_select_strategy="default",
+        projector_type=params.model.projector,
+        projector_hidden_act="gelu",
+        tie_word_embeddings=llm.config.tie_word_embeddings,
+    )
+    with torch.device("meta"):  # the towers below replace every meta module; only the projector is new
+        model = SightLlava(config)
+    model.model.vision_tower = vision
+    model.model.language_model = llm.get_decoder()
+    model.lm_head = llm.get_output_embeddings()
+    projector = LinearProjector(config) if params.model.projector == "linear" else type(model.model.multi_modal_projector)(config)
+    model.model.multi_modal_projector = projector.to(llm.dtype)
+    if projector_dir is not None:
+        load_projector(model, projector_dir)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def save_projector(model: SightLlava, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
+    save_file(state, str(out / PROJECTOR_FILE))
+    (out / "projector.json").write_text(json.dumps({"projector_type": model.config.projector_type}))
+
+
+def load_projector(model: SightLlava, stage1_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    saved = json.loads((stage1_dir / "projector.json").read_text())["projector_type"]
+    if saved != model.config.projector_type:
+        raise ValueError(f"{stage1_dir}: stage-1 projector is {saved!r} but model.projector is {model.config.projector_type!r}")
+    model.model.multi_modal_projector.load_state_dict(load_file(str(stage1_dir / PROJECTOR_FILE)))
+
+
+def language_model_view(llava: LlavaForConditionalGeneration) -> PreTrainedModel:
+    """The LLaVA's LLM as a causal LM sharing its modules (no copy): what lm-eval and `extract` see."""
+    text_config = llava.config.get_text_config()
+    with torch.device("meta"):
+        causal_lm = AutoModelForCausalLM.from_config(text_config)
+    setattr(causal_lm, causal_lm.base_model_prefix, llava.model.language_model)
+    causal_lm.lm_head = llava.lm_head
+    causal_lm.generation_config = llava.generation_config
+    return causal_lm

@@ -1,0 +1,123 @@
+"""The embedded default's backbone, built locally: a tokenizer, a small LLaMA and a small CLIP, in hub layout.
+
+Both are pretrained briefly on ShapesWorld text and image-caption pairs, so that stage 1 and 2 start from models that
+know something, as they would from LLaMA and CLIP. Plain training loops: a few hundred steps, nothing for Trainer to add.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from sightbeyond.config import TinyBackbone
+from sightbeyond.io import atomic_dir
+
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]  # eos != 2: CLIP's text tower reads id 2 as "legacy argmax"
+
+
+def corpus(synth_dir: Path) -> tuple[list[str], list[tuple[Path, str]]]:
+    """Texts for the LLM (captions and instruction turns) and image-caption pairs for CLIP, from the stage-1/2 files."""
+    chat = json.loads((synth_dir / "cc3m/chat.json").read_text())
+    pairs = [(synth_dir / "cc3m/images" / r["image"], r["conversations"][1]["value"]) for r in chat]
+    texts = [caption for _, caption in pairs]
+    for f in sorted((synth_dir / "instruct").glob("*.json")):
+        if f.name.startswith("llava_instruct"):
+            continue
+        for r in json.loads(f.read_text()):
+            texts.append(" ".join(t["value"].replace("<image>", "").strip() for t in r["conversations"]))
+    return texts, pairs
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", additional_special_tokens=["<image>"], model_max_length=2048)
+
+
+def pretrain_llm(cfg: TinyBackbone, tokenizer, texts: list[str]):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), **cfg.llm.model_dump(), num_key_value_heads=cfg.llm.num_attention_heads,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    rng = random.Random(cfg.seed)
+    stream: list[int] = []
+    for text in rng.sample(texts, len(texts)):
+        stream += tokenizer(text).input_ids + [tokenizer.eos_token_id]
+    stream_t = torch.tensor(stream)
+    seq, p = cfg.llm_pretrain.seq_len, cfg.llm_pretrain
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.lr, total_steps=p.steps, pct_start=0.05)
+    model.train()
+    for _ in (bar := tqdm(range(p.steps), desc="pretrain tiny LLaMA")):
+        starts = torch.randint(0, len(stream_t) - seq - 1, (p.batch_size,))
+        batch = torch.stack([stream_t[s : s + seq] for s in starts.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt.step(), sched.step(), opt.zero_grad()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()
+
+
+def pretrain_clip(cfg: TinyBackbone, tokenizer, pairs: list[tuple[Path, str]], image_size: int):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    c = cfg.clip
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=c.hidden_size, num_hidden_layers=2,
+                         num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+                         max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
+        vision_config=dict(image_size=image_size, patch_size=c.patch_size, hidden_size=c.hidden_size,
+                           num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+                           intermediate_size=c.intermediate_size),
+        projection_dim=c.projection_dim,
+    )
+    processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    model = CLIPModel(config)
+    pixels = processor([Image.open(p).convert("RGB") for p, _ in pairs], return_tensors="pt").pixel_values
+    texts = tokenizer([t + tokenizer.eos_token for _, t in pairs], padding=True, truncation=True, max_length=64,
+                      return_tensors="pt")
+    p = cfg.clip_pretrain
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.lr, total_steps=p.steps, pct_start=0.05)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+    for _ in (bar := tqdm(range(p.steps), desc="pretrain tiny CLIP")):
+        idx = torch.randperm(len(pairs), generator=gen)[: p.batch_size]
+        loss = model(input_ids=texts.input_ids[idx], attention_mask=texts.attention_mask[idx],
+                     pixel_values=pixels[idx], return_loss=True).loss
+        loss.backward()
+        opt.step(), sched.step(), opt.zero_grad()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval(), processor
+
+
+def build(cfg: TinyBackbone, synth_dir: Path, out: Path, image_size: int) -> None:
+    """Write `out/llm` (tokenizer + LLaMA) and `out/clip` (CLIP + image processor), as hub repos are laid out."""
+    torch.manual_seed(cfg.seed)
+    texts, pairs = corpus(synth_dir)
+    with atomic_dir(out) as tmp:
+        tokenizer = train_tokenizer(texts, cfg.vocab_size)
+        llm = pretrain_llm(cfg, tokenizer, texts)
+        llm.save_pretrained(tmp / "llm")
+        tokenizer.save_pretrained(tmp / "llm")
+        clip, processor = pretrain_clip(cfg, tokenizer, pairs, image_size)
+        clip.save_pretrained(tmp / "clip")
+        processor.save_pretrained(tmp / "clip")

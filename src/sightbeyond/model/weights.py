@@ -1,0 +1,69 @@
+"""Where a backbone's weights come from: a local directory, the local hub cache, or the hub. Fails in seconds."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sightbeyond.config import Params
+
+
+class MissingWeightsError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class BackboneWeights:
+    llm: str
+    vision: str
+
+
+def _resolve(name: str, what: str, repo_or_path: str, local_path: str | None, param: str) -> str:
+    if local_path:
+        if (Path(local_path) / "config.json").is_file():
+            return local_path
+        raise MissingWeightsError(f"backbone {name!r}: {what} weights not found at {local_path} (params.yaml: {param})")
+    if Path(repo_or_path).exists() or repo_or_path.startswith((".", "/")) or repo_or_path.count("/") != 1:
+        if (Path(repo_or_path) / "config.json").is_file():
+            return repo_or_path
+        hint = "run `dvc repro backbone` to build it" if name == "tiny" else f"set {param}"
+        raise MissingWeightsError(f"backbone {name!r}: no {what} weights at {repo_or_path} ({hint})")
+    return _hub(name, what, repo_or_path, param)
+
+
+@functools.cache
+def _hub(name: str, what: str, repo_id: str, param: str) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        snapshot_download(repo_id, allow_patterns=["config.json"], local_files_only=True)
+        return repo_id  # cached
+    except LocalEntryNotFoundError:
+        pass
+    problem = "offline (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else None
+    if problem is None:
+        try:
+            from huggingface_hub import HfApi
+
+            HfApi().model_info(repo_id, timeout=10)
+            return repo_id
+        except HfHubHTTPError as err:
+            problem = f"the hub refused access ({err.__class__.__name__}: {str(err).splitlines()[0]})"
+        except Exception as err:  # no network: DNS or connection errors from requests/httpx
+            problem = f"the hub is unreachable ({err.__class__.__name__})"
+    raise MissingWeightsError(
+        f"backbone {name!r}: {what} weights {repo_id!r} are not in the local cache and {problem}. "
+        f"Download them elsewhere and set {param} in params.yaml to the local directory "
+        f"(or `dvc exp run -S {param}=/path/to/{repo_id.split('/')[-1]}`)."
+    )
+
+
+def resolve_backbone(params: Params) -> BackboneWeights:
+    b, name = params.active, params.backbone
+    return BackboneWeights(
+        llm=_resolve(name, "LLM", b.llm, b.local_path, f"backbones.{name}.local_path"),
+        vision=_resolve(name, "vision encoder", b.vision, b.vision_local_path, f"backbones.{name}.vision_local_path"),
+    )

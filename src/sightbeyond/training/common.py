@@ -1,0 +1,65 @@
+"""What stage 1 and stage 2 share: where outputs go, the SFT arguments, and reaching the LLM inside a wrapped model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sightbeyond.config import Params
+
+MODELS = Path("models")
+
+
+def stage1_dir(params: Params) -> Path:
+    return MODELS / params.backbone / "stage1"
+
+
+def variant(tuning: str, modality: str) -> str:
+    return f"{tuning}-{modality}"
+
+
+def stage2_dir(params: Params, tuning: str, modality: str) -> Path:
+    return MODELS / params.backbone / "stage2" / variant(tuning, modality)
+
+
+def extracted_dir(params: Params, tuning: str, modality: str) -> Path:
+    return MODELS / params.backbone / "llm" / variant(tuning, modality)
+
+
+def sft_config(output_dir: Path, *, lr: float, batch_size: int, grad_accum: int, epochs: float, warmup_ratio: float,
+               max_length: int, seed: int = 0, **overrides):
+    from trl import SFTConfig
+
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return SFTConfig(
+        output_dir=str(output_dir),
+        learning_rate=lr,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        num_train_epochs=epochs,
+        lr_scheduler_type="cosine",
+        warmup_steps=warmup_ratio,  # a float below 1 is a fraction of the total steps
+        weight_decay=0.0,
+        max_length=max_length,
+        assistant_only_loss=True,  # the loss covers assistant turns and their end token, as LLaVA's
+        bf16=bf16,
+        activation_checkpointing=torch.cuda.is_available(),
+        logging_steps=5,
+        save_strategy="no",
+        report_to=["mlflow"],
+        seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        **overrides,
+    )
+
+
+def unwrap_causal_lm(model: torch.nn.Module):
+    """The LLM being trained, as a causal LM: through PEFT (LoRA left unmerged) and LLaVA (vision dropped)."""
+    from transformers import LlavaForConditionalGeneration
+
+    from sightbeyond.model.llava import language_model_view
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return language_model_view(base) if isinstance(base, LlavaForConditionalGeneration) else base

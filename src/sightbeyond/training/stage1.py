@@ -1,0 +1,32 @@
+"""Stage 1: connect the frozen CLIP to the frozen LLM by training only the projector on image-caption pairs."""
+
+from __future__ import annotations
+
+from sightbeyond.config import Params
+from sightbeyond.data.prepare import split_dir
+from sightbeyond.io import atomic_dir
+from sightbeyond.training.common import sft_config, stage1_dir
+
+
+def run(params: Params) -> None:
+    from datasets import load_from_disk
+    from trl import SFTTrainer
+
+    from sightbeyond.model.llava import build_llava, load_processor, save_projector
+    from sightbeyond.tracking.runs import stage_run
+
+    cfg, out = params.stage1, stage1_dir(params)
+    processor = load_processor(params, template="plain")
+    model = build_llava(params, processor.tokenizer)
+    model.requires_grad_(False)
+    model.model.multi_modal_projector.requires_grad_(True)
+    dataset = load_from_disk(str(split_dir("stage1")))
+
+    with stage_run("stage1", params, name=f"stage1-{params.backbone}", param_sections=("model", "stage1"),
+                   inputs=[split_dir("stage1")]), atomic_dir(out) as tmp:
+        args = sft_config(tmp / "trainer", lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=1, epochs=cfg.epochs,
+                          warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
+        trainer.train()
+        save_projector(model, tmp)
+        processor.save_pretrained(tmp)

@@ -1,0 +1,56 @@
+"""Stage 2: visual instruction tuning with TRL's SFTTrainer: LoRA or full fine-tuning, with images or text-only."""
+
+from __future__ import annotations
+
+from sightbeyond.config import Modality, Params, Tuning
+from sightbeyond.data.prepare import split_dir
+from sightbeyond.io import atomic_dir
+from sightbeyond.training.common import sft_config, stage1_dir, stage2_dir, variant
+
+LLM_LINEAR = r"layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+
+def lora_config(params: Params, modality: Modality):
+    from peft import LoraConfig
+
+    lora = params.stage2.lora
+    return LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
+        # the LLM's linear layers only: never CLIP's, whose layers have the same names
+        target_modules=rf"model\.language_model\.{LLM_LINEAR}" if modality == "image" else rf"model\.{LLM_LINEAR}",
+        modules_to_save=["multi_modal_projector"] if modality == "image" else None,  # the projector trains fully
+    )
+
+
+def run(params: Params, tuning: Tuning, modality: Modality) -> None:
+    from datasets import load_from_disk
+    from trl import SFTTrainer
+
+    from sightbeyond.evaluation.nlp_stage import nlp_data_root
+    from sightbeyond.model.llava import build_llava, load_llm, load_processor, load_tokenizer
+    from sightbeyond.tracking.runs import stage_run
+    from sightbeyond.training.stepwise import StepwiseEval
+
+    cfg, out = params.stage2, stage2_dir(params, tuning, modality)
+    if modality == "image":
+        processing = load_processor(params)
+        tokenizer = processing.tokenizer
+        model = build_llava(params, tokenizer, projector_dir=stage1_dir(params))
+        model.model.vision_tower.requires_grad_(False)
+    else:
+        processing = tokenizer = load_tokenizer(params)
+        model = load_llm(params, tokenizer)
+    dataset = load_from_disk(str(split_dir(modality)))
+    stepwise = StepwiseEval(tokenizer, params.eval_nlp.tasks, nlp_data_root(params), every=cfg.eval_steps,
+                            limit=cfg.stepwise_limit, batch_size=params.eval_nlp.batch_size)
+
+    tags = {"tuning": tuning, "modality": modality}
+    with stage_run("stage2", params, name=f"stage2-{params.backbone}-{variant(tuning, modality)}", tags=tags,
+                   param_sections=("model", "stage2"), inputs=[split_dir(modality), stage1_dir(params)]), atomic_dir(out) as tmp:
+        args = sft_config(tmp / "trainer", lr=getattr(cfg.lr, tuning), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                          epochs=cfg.epochs, warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing,
+                             peft_config=lora_config(params, modality) if tuning == "lora" else None, callbacks=[stepwise])
+        trainer.train()
+        trainer.save_model(str(tmp))
+        processing.save_pretrained(str(tmp))

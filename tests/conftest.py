@@ -1,0 +1,62 @@
+"""Small fixtures the tests build themselves: a random tiny backbone on disk and params that point at it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sightbeyond.config import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = [
+    "a red circle and a blue square on a dark background .",
+    "Is there a star in the image? No, there is no star in the image.",
+    "The green triangle is in the top left of the image.",
+    "How many shapes are in the image? There are 3 shapes in the image.",
+] * 5
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> Path:
+    """A randomly initialised LLaMA + CLIP with a trained tokenizer, saved as hub repos are."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, LlamaConfig, LlamaForCausalLM
+
+    from sightbeyond.model.tiny import train_tokenizer
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("backbone")
+    tokenizer = train_tokenizer(CORPUS, vocab_size=300)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256,
+                                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                       pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False))
+    llm.save_pretrained(out / "llm")
+    tokenizer.save_pretrained(out / "llm")
+    clip = CLIPModel(CLIPConfig(text_config=dict(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                 intermediate_size=32, max_position_embeddings=32),
+                                vision_config=dict(image_size=32, patch_size=16, hidden_size=16, num_hidden_layers=2,
+                                                   num_attention_heads=2, intermediate_size=32), projection_dim=16))
+    clip.save_pretrained(out / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out / "clip")
+    return out
+
+
+@pytest.fixture
+def params_for(tiny_backbone):
+    """params.yaml with the tiny backbone pointed at the test's random one, plus any overrides."""
+
+    def make(**overrides):
+        base = {"backbones.tiny.llm": str(tiny_backbone / "llm"), "backbones.tiny.vision": str(tiny_backbone / "clip")}
+        return load_params(ROOT / "params.yaml", overrides=base | overrides)
+
+    return make
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return tmp_path / "mlflow.db"

@@ -1,0 +1,68 @@
+"""Bad LLaVA-layout records stop `prepare` with the file, the record id and the reason; or are skipped and counted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from sightbeyond.data.llava_format import BadRecord, Report, read_llava_file
+
+
+def record(rid: str, image: str = "ok.jpg", human: str = "<image>\nWhat is this?", gpt: str | None = "A red circle.") -> dict:
+    convs = [{"from": "human", "value": human}] + ([{"from": "gpt", "value": gpt}] if gpt is not None else [])
+    return {"id": rid, "image": image, "conversations": convs}
+
+
+@pytest.fixture
+def images(tmp_path):
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "ok.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return tmp_path
+
+
+BAD = {
+    "missing image": (record("r-missing", image="nowhere.jpg"), "not found"),
+    "unreadable image": (record("r-broken", image="broken.jpg"), "unreadable"),
+    "no assistant turn": (record("r-noanswer", gpt=None), "no assistant turn"),
+    "no image token": (record("r-noimage", human="What is this?"), "appears 0 times"),
+    "two image tokens": (record("r-twice", human="<image>\nWhat is this? <image>"), "appears 2 times"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_each_bad_record_names_file_record_and_reason(images, kind):
+    bad, reason = BAD[kind]
+    path = images / "instruct.json"
+    path.write_text(json.dumps([record("r-good"), bad]))
+    with pytest.raises(BadRecord) as err:
+        read_llava_file(path, images, on_bad_record="error", with_image=True)
+    message = str(err.value)
+    assert str(path) in message and bad["id"] in message and reason in message
+
+
+def test_unparsable_json_names_the_record_where_it_breaks(images):
+    path = images / "instruct.json"
+    path.write_text("[" + json.dumps(record("r-good")) + ', {"id": "r-bad", "image": }]')
+    with pytest.raises(BadRecord, match=r"instruct.json: record #1 \(after id r-good\): unparsable JSON"):
+        list(read_llava_file(path, images, on_bad_record="error", with_image=True))
+
+
+def test_skip_keeps_good_records_and_counts_the_rest(images):
+    path = images / "instruct.json"
+    path.write_text(json.dumps([record("r-good")] + [bad for bad, _ in BAD.values()] + [record("r-good2")]))
+    report = Report()
+    rows = read_llava_file(path, images, on_bad_record="skip", with_image=True, report=report)
+    assert [r["id"] for r in rows] == ["r-good", "r-good2"]
+    assert report.as_dict()["skipped"] == len(BAD) and report.read == len(BAD) + 2
+    assert set(report.skipped) == {"missing image", "unreadable image", "no assistant turn", "image token count"}
+
+
+def test_text_only_variant_drops_the_image_but_keeps_the_same_records(images):
+    path = images / "instruct.json"
+    path.write_text(json.dumps([record("r-good", human="What is this?\n<image>")]))
+    [with_image] = read_llava_file(path, images, on_bad_record="error", with_image=True)
+    [text_only] = read_llava_file(path, images, on_bad_record="error", with_image=False)
+    assert with_image["messages"][0]["content"] == [{"type": "image", "text": None}, {"type": "text", "text": "What is this?"}]
+    assert text_only["messages"][0]["content"] == "What is this?" and "images" not in text_only
