@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a params.yaml value for this command (YAML value), e.g. -S backbone=llama2")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("synth", help="write ShapesWorld in the real datasets' layouts, and the NLP fixtures")
-    sub.add_parser("backbone", help="build the tiny backbone (tokenizer, LLaMA, CLIP) under models/tiny")
+    sub.add_parser("backbone", help="build the tiny backbone (tokenizer, LLaMA, CLIP) under models/backbones/tiny")
     sub.add_parser("check", help="validate params.yaml and resolve the backbone's weights; nothing else")
     sub.add_parser("prepare", help="LLaVA-layout files into TRL datasets (stage 1, stage 2 image and text)")
     sub.add_parser("stage1", help="train the projector")
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             case "backbone":
                 from sightbeyond.model.tiny import build
 
-                build(params.tiny_backbone, Path("data/shapesworld"), Path("models/tiny"), params.synth.image_size)
+                build(params.tiny_backbone, Path("data/shapesworld"), Path("models/backbones/tiny"), params.synth.image_size)
             case "check":
                 from sightbeyond.model.weights import resolve_backbone
 
