@@ -20,7 +20,7 @@ def run(params: Params) -> None:
     model = build_llava(params, processor.tokenizer)
     model.requires_grad_(False)
     model.model.multi_modal_projector.requires_grad_(True)
-    dataset = load_from_disk(str(split_dir("stage1")))
+    dataset = load_from_disk(str(split_dir("stage1")), keep_in_memory=True)  # no caches written into a DVC output
 
     with stage_run("stage1", params, name=f"stage1-{params.backbone}", param_sections=("model", "stage1"),
                    inputs=[split_dir("stage1")]), atomic_dir(out) as tmp:

@@ -40,7 +40,7 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     else:
         processing = tokenizer = load_tokenizer(params)
         model = load_llm(params, tokenizer)
-    dataset = load_from_disk(str(split_dir(modality)))
+    dataset = load_from_disk(str(split_dir(modality)), keep_in_memory=True)  # TRL's map must not write caches into a DVC output
     stepwise = StepwiseEval(tokenizer, params.eval_nlp.tasks, nlp_data_root(params), every=cfg.eval_steps,
                             limit=cfg.stepwise_limit, batch_size=params.eval_nlp.batch_size)
 
