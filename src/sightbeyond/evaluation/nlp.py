@@ -130,6 +130,24 @@ def evaluate_llm(
     return NLPResult(metrics=_metrics(raw["results"]), raw=raw)
 
 
+def load_tasks(task_names: Iterable[str], data_root: Path) -> dict[str, Any]:
+    """lm-eval's task objects for the local configs, built once for repeated (step-wise) evaluation."""
+    return _official_task_manager().load(local_task_configs(task_names, data_root))
+
+
+def evaluate_loaded(lm, tasks: dict[str, Any], *, limit: int | None = None) -> dict[str, float]:
+    """Accuracies of an lm-eval model (e.g. an `HFLM` over the model being trained) on tasks from `load_tasks`.
+
+    lm-eval's lower-level `evaluate`: tasks are not rebuilt and no environment report is collected each time,
+    which is most of `simple_evaluate`'s cost on a small model. No stderr (`bootstrap_iters=0`).
+    """
+    from lm_eval.evaluator import evaluate
+
+    with _quiet(), _preserved_rng_states():
+        results = evaluate(lm=lm, task_dict=tasks, limit=limit, bootstrap_iters=0, log_samples=False, verbosity="WARNING")
+    return _metrics(results["results"])
+
+
 def _metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for task, prefix in _METRIC_PREFIX.items():

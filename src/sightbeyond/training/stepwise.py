@@ -10,12 +10,20 @@ from sightbeyond.training.common import unwrap_causal_lm
 
 
 class StepwiseEval(TrainerCallback):
+    """lm-eval in process on the LLM being trained (LoRA unmerged); tasks and model wrapper are built once."""
+
     def __init__(self, tokenizer, tasks: list[str], data_root: Path, *, every: int, limit: int | None, batch_size: int):
-        self.tokenizer, self.tasks, self.data_root = tokenizer, tasks, data_root
-        self.every, self.limit, self.batch_size = every, limit, batch_size
-        self.history: list[tuple[int, dict[str, float]]] = []
+        from sightbeyond.evaluation.nlp import load_tasks
+
+        self.tasks = load_tasks(tasks, data_root)  # also checks the files before any training step
+        self.tokenizer, self.every, self.limit, self.batch_size = tokenizer, every, limit, batch_size
+        self.lm, self.last_step = None, None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from lm_eval.models.huggingface import HFLM
+
+        if state.is_world_process_zero:
+            self.lm = HFLM(pretrained=unwrap_causal_lm(model), tokenizer=self.tokenizer, batch_size=self.batch_size)
         self._evaluate(model, state)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -25,16 +33,12 @@ class StepwiseEval(TrainerCallback):
     def _evaluate(self, model, state) -> None:
         import mlflow
 
-        from sightbeyond.evaluation.nlp import evaluate_llm
+        from sightbeyond.evaluation.nlp import evaluate_loaded
 
-        if not state.is_world_process_zero or any(step == state.global_step for step, _ in self.history):
+        if not state.is_world_process_zero or state.global_step == self.last_step:
             return
-        was_training = model.training
         model.eval()
-        result = evaluate_llm(unwrap_causal_lm(model), self.tokenizer, self.tasks, self.data_root,
-                              limit=self.limit, batch_size=self.batch_size)
-        if was_training:
-            model.train()
-        metrics = {k: v for k, v in result.metrics.items() if not k.endswith("_stderr")}
-        self.history.append((state.global_step, metrics))
+        metrics = evaluate_loaded(self.lm, self.tasks, limit=self.limit)
+        model.train()
+        self.last_step = state.global_step
         mlflow.log_metrics(metrics, step=state.global_step)
