@@ -11,12 +11,14 @@ from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    CLIPVisionConfig,
     CLIPVisionModel,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
     PreTrainedModel,
 )
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from sightbeyond.config import Params
 from sightbeyond.model.weights import resolve_backbone
@@ -38,6 +40,10 @@ class LinearProjector(nn.Module):
         return self.linear(image_features)
 
 
+def make_projector(config: LlavaConfig) -> nn.Module:
+    return LinearProjector(config) if getattr(config, "projector_type", "mlp2x_gelu") == "linear" else LlavaMultiModalProjector(config)
+
+
 class SightLlava(LlavaForConditionalGeneration):
     """LLaVA with the projector named by `config.projector_type`.
 
@@ -46,8 +52,7 @@ class SightLlava(LlavaForConditionalGeneration):
 
     def __init__(self, config: LlavaConfig):
         super().__init__(config)
-        if getattr(config, "projector_type", "mlp2x_gelu") == "linear":
-            self.model.multi_modal_projector = LinearProjector(config)
+        self.model.multi_modal_projector = make_projector(config)
 
 
 def load_tokenizer(params: Params, template: str | None = None):
@@ -67,7 +72,7 @@ def load_processor(params: Params, template: str | None = None) -> LlavaProcesso
     weights = resolve_backbone(params)
     tokenizer = load_tokenizer(params, template)
     image_processor = AutoImageProcessor.from_pretrained(weights.vision)
-    vision = CLIPVisionModel.config_class.from_pretrained(weights.vision)
+    vision = CLIPVisionConfig.from_pretrained(weights.vision)
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -106,8 +111,7 @@ def build_llava(params: Params, tokenizer, projector_dir: Path | None = None) ->
     model.model.vision_tower = vision
     model.model.language_model = llm.get_decoder()
     model.lm_head = llm.get_output_embeddings()
-    projector = LinearProjector(config) if params.model.projector == "linear" else type(model.model.multi_modal_projector)(config)
-    model.model.multi_modal_projector = projector.to(llm.dtype)
+    model.model.multi_modal_projector = make_projector(config).to(llm.dtype)  # the one module not loaded from a tower
     if projector_dir is not None:
         load_projector(model, projector_dir)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
