@@ -23,6 +23,11 @@ def stage2_dir(params: Params, tuning: str, modality: str) -> Path:
     return MODELS / params.backbone / "stage2" / variant(tuning, modality)
 
 
+def trainer_dir(params: Params, name: str) -> Path:
+    """The Trainer's own working directory (logs, checkpoints): outside the DVC outputs, which hold only the result."""
+    return Path("checkpoints") / params.backbone / name
+
+
 def extracted_dir(params: Params, tuning: str, modality: str) -> Path:
     return MODELS / params.backbone / "llm" / variant(tuning, modality)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sightbeyond.config import Params
 from sightbeyond.data.prepare import split_dir
 from sightbeyond.io import atomic_dir
-from sightbeyond.training.common import sft_config, stage1_dir
+from sightbeyond.training.common import sft_config, stage1_dir, trainer_dir
 
 
 def run(params: Params) -> None:
@@ -24,7 +24,7 @@ def run(params: Params) -> None:
 
     with stage_run("stage1", params, name=f"stage1-{params.backbone}", param_sections=("model", "stage1"),
                    inputs=[split_dir("stage1")]), atomic_dir(out) as tmp:
-        args = sft_config(tmp / "trainer", lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=1, epochs=cfg.epochs,
+        args = sft_config(trainer_dir(params, "stage1"), lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=1, epochs=cfg.epochs,
                           warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
         trainer.train()

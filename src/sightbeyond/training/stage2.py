@@ -5,7 +5,7 @@ from __future__ import annotations
 from sightbeyond.config import Modality, Params, Tuning
 from sightbeyond.data.prepare import split_dir
 from sightbeyond.io import atomic_dir
-from sightbeyond.training.common import sft_config, stage1_dir, stage2_dir, variant
+from sightbeyond.training.common import sft_config, stage1_dir, stage2_dir, trainer_dir, variant
 
 LLM_LINEAR = r"layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
@@ -47,7 +47,7 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     tags = {"tuning": tuning, "modality": modality}
     with stage_run("stage2", params, name=f"stage2-{params.backbone}-{variant(tuning, modality)}", tags=tags,
                    param_sections=("model", "stage2"), inputs=[split_dir(modality), stage1_dir(params)]), atomic_dir(out) as tmp:
-        args = sft_config(tmp / "trainer", lr=getattr(cfg.lr, tuning), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+        args = sft_config(trainer_dir(params, variant(tuning, modality)), lr=getattr(cfg.lr, tuning), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                           epochs=cfg.epochs, warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing,
                              peft_config=lora_config(params, modality) if tuning == "lora" else None, callbacks=[stepwise])
