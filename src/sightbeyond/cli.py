@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from sightbeyond.config import ConfigError, load_params, project_root
+from sightbeyond.data.llava_format import BadRecord
+from sightbeyond.model.weights import MissingWeightsError
 
 VARIANTS = ("lora-image", "lora-text", "ft-image", "ft-text")
 
@@ -115,13 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                 from sightbeyond.training.preview import run
 
                 run(params, args.split, args.n, as_json=args.json)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
-        from sightbeyond.model.weights import MissingWeightsError
-
-        if isinstance(err, (ConfigError, MissingWeightsError, FileNotFoundError)) or type(err).__name__ == "BadRecord":
-            print(f"sightbeyond {args.command}: error: {err}", file=sys.stderr)
-            return 2
-        raise
+    except (ConfigError, MissingWeightsError, BadRecord, FileNotFoundError) as err:  # the user's to fix: no traceback
+        print(f"sightbeyond {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

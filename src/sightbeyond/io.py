@@ -25,15 +25,10 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def write_json(path: Path, obj, *, lines: bool = False) -> None:
-    """Write JSON (or JSON lines) through a temporary file and an atomic rename."""
+def write_json(path: Path, obj) -> None:
+    """Write JSON through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
-    with tmp.open("w") as f:
-        if lines:
-            for row in obj:
-                f.write(json.dumps(row) + "\n")
-        else:
-            json.dump(obj, f, indent=2)
+    tmp.write_text(json.dumps(obj, indent=2))
     tmp.replace(path)

@@ -34,9 +34,8 @@ def run(params: Params) -> None:
     cfg = params.prepare
     instruct = find_instruct_file(cfg.instruct_dir, params.grid.data)
     with stage_run("prepare", params, name=f"prepare-{params.grid.data}", param_sections=("prepare",),
-                   inputs=[cfg.stage1_file.parent, cfg.instruct_dir]) as _, atomic_dir(PREPARED) as out:
-        reports = {}
-        reports["stage1"] = Report()
+                   inputs=[cfg.stage1_file.parent, cfg.instruct_dir]), atomic_dir(PREPARED) as out:
+        reports = {"stage1": Report()}
         save(read_llava_file(cfg.stage1_file, cfg.stage1_images, on_bad_record=cfg.on_bad_record, with_image=True,
                              plain=True, report=reports["stage1"]), out / "stage1")
         for modality in ("image", "text"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sightbeyond.config import Params
@@ -37,5 +36,5 @@ def run(params: Params, model: str) -> None:
         result = evaluate_llm(path, AutoTokenizer.from_pretrained(path), cfg.tasks, data_root,
                               limit=cfg.limit, batch_size=cfg.batch_size, log_samples=True)
         mlflow.log_metrics(result.metrics)
-        mlflow.log_dict(json.loads(json.dumps(result.raw, default=str)), "lm_eval_results.json")
+        mlflow.log_dict(result.raw, "lm_eval_results.json")
         write_json(RESULTS / f"{params.backbone}-{model}.json", result.metrics)

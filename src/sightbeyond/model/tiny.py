@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from sightbeyond.config import TinyBackbone
+from sightbeyond.config import Pretrain, TinyBackbone
 from sightbeyond.io import atomic_dir
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]  # eos != 2: CLIP's text tower reads id 2 as "legacy argmax"
@@ -49,6 +49,19 @@ def train_tokenizer(texts: list[str], vocab_size: int):
                                    pad_token="<pad>", additional_special_tokens=["<image>"], model_max_length=2048)
 
 
+def train(model, p: Pretrain, batch_loss, desc: str):
+    """AdamW with a one-cycle schedule for `p.steps` steps; `batch_loss()` returns the loss of a fresh batch."""
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.lr, total_steps=p.steps, pct_start=0.05)
+    model.train()
+    for _ in (bar := tqdm(range(p.steps), desc=desc)):
+        loss = batch_loss()
+        loss.backward()
+        opt.step(), sched.step(), opt.zero_grad()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()
+
+
 def pretrain_llm(cfg: TinyBackbone, tokenizer, texts: list[str]):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -61,18 +74,14 @@ def pretrain_llm(cfg: TinyBackbone, tokenizer, texts: list[str]):
     for text in rng.sample(texts, len(texts)):
         stream += tokenizer(text).input_ids + [tokenizer.eos_token_id]
     stream_t = torch.tensor(stream)
-    seq, p = cfg.llm_pretrain.seq_len, cfg.llm_pretrain
-    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.lr, total_steps=p.steps, pct_start=0.05)
-    model.train()
-    for _ in (bar := tqdm(range(p.steps), desc="pretrain tiny LLaMA")):
-        starts = torch.randint(0, len(stream_t) - seq - 1, (p.batch_size,))
-        batch = torch.stack([stream_t[s : s + seq] for s in starts.tolist()])
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        opt.step(), sched.step(), opt.zero_grad()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval()
+    p = cfg.llm_pretrain
+
+    def batch_loss():
+        starts = torch.randint(0, len(stream_t) - p.seq_len - 1, (p.batch_size,))
+        batch = torch.stack([stream_t[s : s + p.seq_len] for s in starts.tolist()])
+        return model(input_ids=batch, labels=batch).loss
+
+    return train(model, p, batch_loss, "pretrain tiny LLaMA")
 
 
 def pretrain_clip(cfg: TinyBackbone, tokenizer, pairs: list[tuple[Path, str]], image_size: int):
@@ -95,18 +104,14 @@ def pretrain_clip(cfg: TinyBackbone, tokenizer, pairs: list[tuple[Path, str]], i
     texts = tokenizer([t + tokenizer.eos_token for _, t in pairs], padding=True, truncation=True, max_length=64,
                       return_tensors="pt")
     p = cfg.clip_pretrain
-    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.lr, total_steps=p.steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model.train()
-    for _ in (bar := tqdm(range(p.steps), desc="pretrain tiny CLIP")):
+
+    def batch_loss():
         idx = torch.randperm(len(pairs), generator=gen)[: p.batch_size]
-        loss = model(input_ids=texts.input_ids[idx], attention_mask=texts.attention_mask[idx],
+        return model(input_ids=texts.input_ids[idx], attention_mask=texts.attention_mask[idx],
                      pixel_values=pixels[idx], return_loss=True).loss
-        loss.backward()
-        opt.step(), sched.step(), opt.zero_grad()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval(), processor
+
+    return train(model, p, batch_loss, "pretrain tiny CLIP"), processor
 
 
 def build(cfg: TinyBackbone, synth_dir: Path, out: Path, image_size: int) -> None:
