@@ -19,7 +19,8 @@ def test_the_repo_params_are_valid():
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"stage2.lora.rank": 8}, "rank"),                  # unknown key
+    ({"presets.tiny.stage2.lora.rank": 8}, "rank"),     # unknown key
+    ({"preset": "llava2"}, "llava2"),                   # preset not in presets
     ({"grid.tuning": ["qlora"]}, "qlora"),              # bad value
     ({"backbone": "gpt5"}, "gpt5"),                     # backbone not in the registry
     ({"eval_nlp.source": "local"}, "local_root"),       # local source without its files
@@ -27,6 +28,51 @@ def test_the_repo_params_are_valid():
 def test_bad_params_fail_at_load(override, message):
     with pytest.raises(ConfigError, match=message):
         load_params(ROOT / "params.yaml", overrides=override)
+
+
+PAPER_LLMS = {  # PROTOCOL.md: hub id and stage-2 template of each of the paper's eight LLMs
+    "openllama3b": ("openlm-research/open_llama_3b", "v1"),
+    "openalpaca3b": ("openllmplayground/openalpaca_3b_600bt_preview", "v1"),
+    "llama7b": ("huggyllama/llama-7b", "v1"),
+    "llama2": ("meta-llama/Llama-2-7b-hf", "llama_2"),
+    "llama2chat": ("meta-llama/Llama-2-7b-chat-hf", "llama_2"),
+    "vicuna7b": ("lmsys/vicuna-7b-v1.1", "v1"),
+    "vicuna15_7b": ("lmsys/vicuna-7b-v1.5", "v1"),
+    "vicuna15_13b": ("lmsys/vicuna-13b-v1.5", "v1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_LLMS))
+def test_registry_holds_the_papers_llms(name):
+    params = load_params(ROOT / "params.yaml", overrides={"backbone": name})
+    assert (params.active.llm, params.active.template) == PAPER_LLMS[name]
+    assert params.active.vision == "openai/clip-vit-large-patch14"
+    assert params.preset_name == "paper" and not params.active.trust_remote_code
+    assert params.hparams.stage2.lr.ft == 2e-5 and params.hparams.stage2.global_batch_size == 128
+
+
+def test_a_hub_id_outside_the_registry_is_a_backbone():
+    params = load_params(ROOT / "params.yaml", overrides={"backbone": "lmsys/vicuna-7b-v1.3"})
+    assert params.active.llm == "lmsys/vicuna-7b-v1.3" and params.active.template == "v1"
+
+
+def test_preset_override_and_llava15_values():
+    params = load_params(ROOT / "params.yaml", overrides={"backbone": "llama2", "preset": "llava15"})
+    lora = params.hparams.stage2.lora
+    assert (lora.r, lora.alpha, params.hparams.stage2.lr.lora) == (128, 256, 2e-4)
+
+
+@pytest.mark.parametrize("world, accum", [(1, 32), (2, 16), (8, 4), (32, 1)])
+def test_global_batch_is_held_across_world_sizes(world, accum):
+    stage2 = load_params(ROOT / "params.yaml", overrides={"backbone": "llama2"}).hparams.stage2  # 128 = 4 per device x ...
+    assert stage2.grad_accum(world) == accum
+    assert stage2.per_device_batch_size * world * accum == stage2.global_batch_size
+
+
+def test_a_global_batch_that_does_not_divide_is_refused():
+    stage2 = load_params(ROOT / "params.yaml", overrides={"backbone": "llama2"}).hparams.stage2
+    with pytest.raises(ConfigError, match="not a multiple"):
+        stage2.grad_accum(3)
 
 
 def test_hub_backbone_without_weights_fails_fast_naming_the_param(monkeypatch):

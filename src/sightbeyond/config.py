@@ -11,20 +11,29 @@ from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, Validati
 
 Tuning = Literal["lora", "ft"]
 Modality = Literal["image", "text"]
-InstructData = Literal["full", "conversation", "detail", "reasoning"]
-Template = Literal["plain", "v1", "llama_2"]
+InstructData = Literal["full", "conversation", "detail", "reasoning", "random20k"]
+Template = Literal["plain", "v0", "v1", "llama_2"]
+
+
+class ConfigError(ValueError):
+    pass
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+CLIP_L14 = "openai/clip-vit-large-patch14"
+
+
 class Backbone(Strict):
-    llm: str
-    vision: str
-    template: Template
-    local_path: str | None = None
+    llm: str                                # a hub id or a local directory
+    vision: str = CLIP_L14
+    template: Template = "v1"               # the stage-2 conversation template
+    preset: str = "paper"                   # the training hyperparameters (a key of `presets`)
+    local_path: str | None = None           # a local copy of `llm`, used instead of it when set
     vision_local_path: str | None = None
+    trust_remote_code: bool = False         # run code shipped with the weights: only when the user says so
 
 
 class Grid(Strict):
@@ -90,14 +99,32 @@ class Prepare(Strict):
     on_bad_record: Literal["error", "skip"] = "error"
 
 
+class Subsets(Strict):
+    size: PositiveInt = 20000
+    seed: int = 0
+
+
 class ModelCfg(Strict):
     projector: Literal["linear", "mlp2x_gelu"] = "linear"
     vision_feature_layer: int = -2
 
 
-class Stage1(Strict):
+class Batching(Strict):
+    """The global batch is the hyperparameter; gradient accumulation is derived from it and the world size."""
+
+    global_batch_size: PositiveInt
+    per_device_batch_size: PositiveInt
+
+    def grad_accum(self, world_size: int) -> int:
+        per_step = self.per_device_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ConfigError(f"global_batch_size {self.global_batch_size} is not a multiple of per_device_batch_size "
+                              f"{self.per_device_batch_size} x {world_size} processes")
+        return self.global_batch_size // per_step
+
+
+class Stage1Hparams(Batching):
     epochs: PositiveFloat = 1
-    batch_size: PositiveInt
     lr: PositiveFloat
     warmup_ratio: float = 0.03
     max_length: PositiveInt
@@ -114,14 +141,20 @@ class Stage2LR(Strict):
     lora: PositiveFloat
 
 
-class Stage2(Strict):
+class Stage2Hparams(Batching):
     epochs: PositiveFloat = 1
-    batch_size: PositiveInt
-    grad_accum: PositiveInt = 1
-    max_length: PositiveInt
-    warmup_ratio: float = 0.03
     lr: Stage2LR
     lora: LoraCfg
+    warmup_ratio: float = 0.03
+    max_length: PositiveInt
+
+
+class Preset(Strict):
+    stage1: Stage1Hparams
+    stage2: Stage2Hparams
+
+
+class Stage2(Strict):
     eval_steps: PositiveInt
     stepwise_limit: PositiveInt | None = None
 
@@ -151,31 +184,45 @@ class EvalMM(Strict):
 
 class Params(Strict):
     backbone: str
+    preset: str | None = None
     grid: Grid
     backbones: dict[str, Backbone]
+    presets: dict[str, Preset]
     tracking: Tracking
     synth: Synth
     tiny_backbone: TinyBackbone
     prepare: Prepare
+    subsets: Subsets
     model: ModelCfg
-    stage1: Stage1
     stage2: Stage2
     eval_nlp: EvalNLP
     eval_mm: EvalMM
 
     @model_validator(mode="after")
-    def _backbone_known(self):
-        if self.backbone not in self.backbones:
-            raise ValueError(f"backbone {self.backbone!r} is not in backbones: {sorted(self.backbones)}")
+    def _names_known(self):
+        if self.backbone not in self.backbones and not _hub_id_or_dir(self.backbone):
+            raise ValueError(f"backbone {self.backbone!r} is neither in backbones {sorted(self.backbones)} "
+                             "nor a hub id (org/name) or a local directory")
+        if self.preset_name not in self.presets:
+            raise ValueError(f"preset {self.preset_name!r} is not in presets: {sorted(self.presets)}")
         return self
 
     @property
     def active(self) -> Backbone:
-        return self.backbones[self.backbone]
+        """The registry entry; a hub id or directory outside the registry gets CLIP ViT-L/14, `v1` and `paper`."""
+        return self.backbones.get(self.backbone) or Backbone(llm=self.backbone)
+
+    @property
+    def preset_name(self) -> str:
+        return self.preset or self.active.preset
+
+    @property
+    def hparams(self) -> Preset:
+        return self.presets[self.preset_name]
 
 
-class ConfigError(ValueError):
-    pass
+def _hub_id_or_dir(name: str) -> bool:
+    return Path(name).is_dir() or (name.count("/") == 1 and not name.startswith((".", "/")))
 
 
 def project_root() -> Path:

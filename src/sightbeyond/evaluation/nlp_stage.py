@@ -21,12 +21,12 @@ def run(params: Params, model: str) -> None:
     from transformers import AutoTokenizer
 
     from sightbeyond.evaluation.nlp import evaluate_llm
-    from sightbeyond.model.weights import resolve_backbone
+    from sightbeyond.model.weights import resolve_llm
     from sightbeyond.tracking.runs import stage_run
     from sightbeyond.training.common import extracted_dir
 
     if model == "base":
-        path, tags = resolve_backbone(params).llm, {"tuning": "none", "modality": "none"}
+        path, tags = resolve_llm(params), {"tuning": "none", "modality": "none"}
     else:
         tuning, modality = model.split("-")
         path, tags = str(extracted_dir(params, tuning, modality)), {"tuning": tuning, "modality": modality}

@@ -21,7 +21,7 @@ from transformers import (
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from sightbeyond.config import Params
-from sightbeyond.model.weights import resolve_backbone
+from sightbeyond.model.weights import resolve_backbone, resolve_llm
 
 IMAGE_TOKEN = "<image>"
 PROJECTOR_FILE = "projector.safetensors"
@@ -56,8 +56,7 @@ class SightLlava(LlavaForConditionalGeneration):
 
 
 def load_tokenizer(params: Params, template: str | None = None):
-    weights = resolve_backbone(params)
-    tokenizer = AutoTokenizer.from_pretrained(weights.llm)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_llm(params), trust_remote_code=params.active.trust_remote_code)
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:
@@ -85,7 +84,8 @@ def load_processor(params: Params, template: str | None = None) -> LlavaProcesso
 
 
 def load_llm(params: Params, tokenizer) -> PreTrainedModel:
-    llm = AutoModelForCausalLM.from_pretrained(resolve_backbone(params).llm, dtype=torch.float32)
+    llm = AutoModelForCausalLM.from_pretrained(resolve_llm(params), dtype=torch.float32,
+                                               trust_remote_code=params.active.trust_remote_code)
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:  # the image token is new to a hub LLM
         llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     llm.config.pad_token_id = tokenizer.pad_token_id

@@ -61,9 +61,14 @@ def _hub(name: str, what: str, repo_id: str, param: str) -> str:
     )
 
 
+def resolve_llm(params: Params) -> str:
+    b, name = params.active, params.backbone
+    return _resolve(name, "LLM", b.llm, b.local_path, f"backbones.{name}.local_path")
+
+
 def resolve_backbone(params: Params) -> BackboneWeights:
     b, name = params.active, params.backbone
     return BackboneWeights(
-        llm=_resolve(name, "LLM", b.llm, b.local_path, f"backbones.{name}.local_path"),
+        llm=resolve_llm(params),
         vision=_resolve(name, "vision encoder", b.vision, b.vision_local_path, f"backbones.{name}.vision_local_path"),
     )

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel
 
 from sightbeyond.config import Params, project_root
 
@@ -50,7 +51,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | None = None,
-              inputs: list[Path] = (), param_sections: tuple[str, ...] = ()) -> Iterator:
+              inputs: list[Path] = (), param_sections: tuple[str, ...] = (), hparams: BaseModel | None = None) -> Iterator:
     """Start the stage's run (a child of `mlflow run`'s run when there is one); failures are marked FAILED."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -60,15 +61,17 @@ def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | N
     mlflow.set_experiment(params.tracking.experiment)
     # `mlflow run` exports its own run's id; left in place, every stage would write into that one run
     parent = os.environ.pop("MLFLOW_RUN_ID", None)
-    all_tags = {"stage": stage, "backbone": params.backbone, "data": params.grid.data, **(tags or {})}
+    all_tags = {"stage": stage, "backbone": params.backbone, "data": params.grid.data, "preset": params.preset_name, **(tags or {})}
     if commit := _git("rev-parse", "HEAD"):
         all_tags |= {"mlflow.source.git.commit": commit, "git_commit": commit,
                      "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no")))}
     with mlflow.start_run(run_name=name, tags=all_tags, parent_run_id=parent) as run:
         dumped = params.model_dump()
-        logged = {"backbone": params.backbone, **flatten({"backbones": {params.backbone: dumped["backbones"][params.backbone]}})}
+        logged = {"backbone": params.backbone, **flatten({"backbones": {params.backbone: params.active.model_dump()}})}
         for section in param_sections:
             logged |= flatten({section: dumped[section]})
+        if hparams is not None:  # the preset's values as this stage uses them, under the stage's name
+            logged |= {"preset": params.preset_name, **flatten({stage: hparams.model_dump()})}
         mlflow.log_params(logged)
         hashes = dvc_hashes(list(inputs))
         for path in inputs:

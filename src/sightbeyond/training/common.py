@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
-from sightbeyond.config import Params
+from sightbeyond.config import Params, Stage1Hparams, Stage2Hparams
 
 MODELS = Path("models")
 
@@ -32,21 +33,25 @@ def extracted_dir(params: Params, tuning: str, modality: str) -> Path:
     return MODELS / params.backbone / "llm" / variant(tuning, modality)
 
 
-def sft_config(output_dir: Path, *, lr: float, batch_size: int, grad_accum: int, epochs: float, warmup_ratio: float,
-               max_length: int, seed: int = 0, **overrides):
+def world_size() -> int:
+    """Processes in this run, as `accelerate launch` / torchrun announce them."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def sft_config(output_dir: Path, hparams: Stage1Hparams | Stage2Hparams, *, lr: float, seed: int = 0, **overrides):
     from trl import SFTConfig
 
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return SFTConfig(
         output_dir=str(output_dir),
         learning_rate=lr,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        num_train_epochs=epochs,
+        per_device_train_batch_size=hparams.per_device_batch_size,
+        gradient_accumulation_steps=hparams.grad_accum(world_size()),  # the global batch is the same on any world size
+        num_train_epochs=hparams.epochs,
         lr_scheduler_type="cosine",
-        warmup_steps=warmup_ratio,  # a float below 1 is a fraction of the total steps
+        warmup_steps=hparams.warmup_ratio,  # a float below 1 is a fraction of the total steps
         weight_decay=0.0,
-        max_length=max_length,
+        max_length=hparams.max_length,
         assistant_only_loss=True,  # the loss covers assistant turns and their end token, as LLaVA's
         bf16=bf16,
         activation_checkpointing=torch.cuda.is_available(),

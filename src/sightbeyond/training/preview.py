@@ -36,7 +36,7 @@ def run(params: Params, split: str, n: int, *, as_json: bool) -> None:
     template = "plain" if split == "stage1" else None
     processing = load_processor(params, template) if "images" in dataset.column_names else load_tokenizer(params, template)
     tokenizer = getattr(processing, "tokenizer", processing)
-    max_length = params.stage1.max_length if split == "stage1" else params.stage2.max_length
+    max_length = (params.hparams.stage1 if split == "stage1" else params.hparams.stage2).max_length
     for row, ids, labels in zip(rows, *encode(processing, rows, max_length)):
         record = {"id": row["id"], "prompt": tokenizer.decode(ids, skip_special_tokens=False),
                   "supervised": tokenizer.decode([t for t in labels if t != -100], skip_special_tokens=False)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sightbeyond.config import Modality, Params, Tuning
 from sightbeyond.data.prepare import split_dir
 from sightbeyond.io import atomic_dir
-from sightbeyond.training.common import sft_config, stage1_dir, stage2_dir, trainer_dir, variant
+from sightbeyond.training.common import sft_config, stage1_dir, stage2_dir, trainer_dir, variant, world_size
 
 LLM_LINEAR = r"layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
@@ -13,7 +13,7 @@ LLM_LINEAR = r"layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)
 def lora_config(params: Params, modality: Modality):
     from peft import LoraConfig
 
-    lora = params.stage2.lora
+    lora = params.hparams.stage2.lora
     return LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
         # the LLM's linear layers only: never CLIP's, whose layers have the same names
@@ -31,7 +31,8 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     from sightbeyond.tracking.runs import stage_run
     from sightbeyond.training.stepwise import StepwiseEval
 
-    cfg, out = params.stage2, stage2_dir(params, tuning, modality)
+    cfg, hparams, out = params.stage2, params.hparams.stage2, stage2_dir(params, tuning, modality)
+    hparams.grad_accum(world_size())  # a batch that does not divide fails before the model loads
     if modality == "image":
         processing = load_processor(params)
         tokenizer = processing.tokenizer
@@ -46,9 +47,8 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
 
     tags = {"tuning": tuning, "modality": modality}
     with stage_run("stage2", params, name=f"stage2-{params.backbone}-{variant(tuning, modality)}", tags=tags,
-                   param_sections=("model", "stage2"), inputs=[split_dir(modality), stage1_dir(params)]), atomic_dir(out) as tmp:
-        args = sft_config(trainer_dir(params, variant(tuning, modality)), lr=getattr(cfg.lr, tuning), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                          epochs=cfg.epochs, warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length)
+                   param_sections=("model", "stage2"), hparams=hparams, inputs=[split_dir(modality), stage1_dir(params)]), atomic_dir(out) as tmp:
+        args = sft_config(trainer_dir(params, variant(tuning, modality)), hparams, lr=getattr(hparams.lr, tuning))
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing,
                              peft_config=lora_config(params, modality) if tuning == "lora" else None, callbacks=[stepwise])
         trainer.train()
