@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from sightbeyond.data.llava_format import BadRecord, Report, read_llava_file
+from sightbeyond.data.llava_format import BadRecord, Report, iter_records, read_llava_file
 
 
 def record(rid: str, image: str = "ok.jpg", human: str = "<image>\nWhat is this?", gpt: str | None = "A red circle.") -> dict:
@@ -37,7 +37,7 @@ def test_each_bad_record_names_file_record_and_reason(images, kind):
     path = images / "instruct.json"
     path.write_text(json.dumps([record("r-good"), bad]))
     with pytest.raises(BadRecord) as err:
-        read_llava_file(path, images, on_bad_record="error", with_image=True)
+        list(read_llava_file(path, images, on_bad_record="error", with_image=True))
     message = str(err.value)
     assert str(path) in message and bad["id"] in message and reason in message
 
@@ -53,7 +53,7 @@ def test_skip_keeps_good_records_and_counts_the_rest(images):
     path = images / "instruct.json"
     path.write_text(json.dumps([record("r-good")] + [bad for bad, _ in BAD.values()] + [record("r-good2")]))
     report = Report()
-    rows = read_llava_file(path, images, on_bad_record="skip", with_image=True, report=report)
+    rows = list(read_llava_file(path, images, on_bad_record="skip", with_image=True, report=report))
     assert [r["id"] for r in rows] == ["r-good", "r-good2"]
     assert report.as_dict()["skipped"] == len(BAD) and report.read == len(BAD) + 2
     assert set(report.skipped) == {"missing image", "unreadable image", "no assistant turn", "image token count"}
@@ -62,7 +62,30 @@ def test_skip_keeps_good_records_and_counts_the_rest(images):
 def test_text_only_variant_drops_the_image_but_keeps_the_same_records(images):
     path = images / "instruct.json"
     path.write_text(json.dumps([record("r-good", human="What is this?\n<image>")]))
-    [with_image] = read_llava_file(path, images, on_bad_record="error", with_image=True)
-    [text_only] = read_llava_file(path, images, on_bad_record="error", with_image=False)
+    [with_image] = list(read_llava_file(path, images, on_bad_record="error", with_image=True))
+    [text_only] = list(read_llava_file(path, images, on_bad_record="error", with_image=False))
     assert with_image["messages"][0]["content"] == [{"type": "image", "text": None}, {"type": "text", "text": "What is this?"}]
     assert text_only["messages"][0]["content"] == "What is this?" and "images" not in text_only
+
+
+@pytest.mark.parametrize("chunk_chars", [5, 64, 1 << 20])
+def test_chunked_reading_gives_every_record_whatever_the_chunk_size(tmp_path, chunk_chars):
+    records = [record(f"r-{i}", human=f"<image>\nQuestion {i} with unicode é 图 {'x' * i}?") for i in range(40)]
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+    assert list(iter_records(path, chunk_chars=chunk_chars)) == records
+
+
+@pytest.mark.parametrize("chunk_chars", [5, 1 << 20])
+def test_a_syntax_error_is_named_whatever_the_chunk_size(tmp_path, chunk_chars):
+    path = tmp_path / "chat.json"
+    path.write_text("[" + json.dumps(record("r-good")) + ', {"id": "r-bad", "image": }, ' + json.dumps(record("r-3")) + "]")
+    with pytest.raises(BadRecord, match=r"record #1 \(after id r-good\): unparsable JSON"):
+        list(iter_records(path, chunk_chars=chunk_chars))
+
+
+def test_a_truncated_file_is_an_error(tmp_path):
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps([record("r-1"), record("r-2")])[:-30])
+    with pytest.raises(BadRecord, match=r"record #1 \(after id r-1\)"):
+        list(iter_records(path, chunk_chars=16))

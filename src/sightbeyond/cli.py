@@ -22,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("synth", help="write ShapesWorld in the real datasets' layouts, and the NLP fixtures")
     sub.add_parser("backbone", help="build the tiny backbone (tokenizer, LLaMA, CLIP) under models/backbones/tiny")
     sub.add_parser("check", help="validate params.yaml and resolve the backbone's weights; nothing else")
+    sub.add_parser("subsets", help="the per-type ablation sets (seeded draws from the LLaVA-Instruct files)")
     sub.add_parser("prepare", help="LLaVA-layout files into TRL datasets (stage 1, stage 2 image and text)")
     sub.add_parser("stage1", help="train the projector")
     for name, help_ in (("stage2", "visual instruction tuning"), ("extract", "the tuned LLM alone, LoRA merged")):
@@ -36,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone", required=True)
     s.add_argument("--tuning", choices=("lora", "ft"), required=True)
     s.add_argument("--modality", choices=("image", "text"), required=True)
-    s.add_argument("--data", choices=("full", "conversation", "detail", "reasoning"), required=True)
+    s.add_argument("--data", choices=("full", "conversation", "detail", "reasoning", "random20k"), required=True)
+    s = sub.add_parser("import_released", help="a checkpoint in LLaVA's training layout: its LLM (and projector) for evaluation")
+    s.add_argument("--src", type=Path, required=True, help="the released checkpoint directory")
+    s.add_argument("--out", type=Path, help="default: models/released/<src name>")
     s = sub.add_parser("preview", help="print what the model sees and what it is trained on, for the first records")
     s.add_argument("--split", required=True, help="stage1 | image | text, or a prepared dataset directory")
     s.add_argument("--n", type=int, default=3)
@@ -65,10 +69,15 @@ def main(argv: list[str] | None = None) -> int:
             overrides |= {"backbone": args.backbone, "grid.tuning": [args.tuning], "grid.modality": [args.modality],
                           "grid.data": args.data}
         params = load_params(overrides=overrides)
-        if args.command not in ("synth", "backbone", "preview"):
+        # missing weights stop every stage in seconds, before data is read
+        if args.command in ("check", "stage1", "eval_mm") or (args.command == "stage2" and args.modality == "image"):
             from sightbeyond.model.weights import resolve_backbone
 
-            resolve_backbone(params)  # missing weights stop every stage in seconds, before data is read
+            resolve_backbone(params)
+        elif args.command in ("stage2", "extract", "eval_nlp", "chain"):
+            from sightbeyond.model.weights import resolve_llm
+
+            resolve_llm(params)
         match args.command:
             case "synth":
                 from sightbeyond.data.shapesworld import generate
@@ -82,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
                 from sightbeyond.model.weights import resolve_backbone
 
                 print(resolve_backbone(params))
+            case "subsets":
+                from sightbeyond.data.subsets import run
+
+                run(params)
             case "prepare":
                 from sightbeyond.data.prepare import run
 
@@ -113,6 +126,16 @@ def main(argv: list[str] | None = None) -> int:
                 targets = ["eval_nlp_base", "eval_nlp"] + (["eval_mm"] if args.modality == "image" else [])
                 sets = [f"-S{key}={json.dumps(value)}" for key, value in overrides.items()]
                 return subprocess.run(["dvc", "exp", "run", *sets, *targets]).returncode
+            case "import_released":
+                from sightbeyond.model.released import extract_released_llm
+
+                out = args.out or Path("models/released") / args.src.name
+                try:
+                    imported = extract_released_llm(args.src, out / "llm", projector_out=out / "projector")
+                except ValueError as err:  # not a checkpoint we can read: the user's to fix
+                    raise ConfigError(str(err)) from None
+                print(f"{out / 'llm'}: LlamaForCausalLM, vocabulary {imported.vocab_size}, projector {imported.projector_type}; "
+                      f"evaluate it with `sightbeyond -S backbone={out / 'llm'} eval_nlp --model base`")
             case "preview":
                 from sightbeyond.training.preview import run
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 IMAGE_TOKEN = "<image>"
 ROLES = {"human": "user", "gpt": "assistant"}
-# the `data` param: which LLaVA-Instruct file stage 2 reads
+# LLaVA-Instruct-150K's files, as released
 INSTRUCT_FILES = {"full": "llava_instruct_*.json", "conversation": "conversation_*.json",
                   "detail": "detail_*.json", "reasoning": "complex_reasoning_*.json"}
 
@@ -46,32 +46,45 @@ class Report:
         return {"read": self.read, "kept": self.kept, "skipped": sum(self.skipped.values()), "reasons": dict(self.skipped)}
 
 
-def find_instruct_file(root: Path, data: str) -> Path:
-    matches = sorted(root.glob(INSTRUCT_FILES[data]))
+def find_file(root: Path, pattern: str) -> Path:
+    matches = sorted(root.glob(pattern))
     if len(matches) != 1:
-        raise FileNotFoundError(f"{root}: expected one file matching {INSTRUCT_FILES[data]!r} for data={data!r}, found {[m.name for m in matches]}")
+        raise FileNotFoundError(f"{root}: expected one file matching {pattern!r}, found {[m.name for m in matches]}")
     return matches[0]
 
 
-def iter_records(path: Path) -> Iterator[dict]:
-    """Records of a JSON array, one at a time, so a syntax error names the record where it happens."""
-    text = path.read_text()
-    decoder, pos, index, last_id = json.JSONDecoder(), text.find("["), 0, None
-    if pos < 0:
-        raise BadRecord(path, "#0", "not a JSON array")
-    pos += 1
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos < len(text) and text[pos] == "]":
-            return
-        try:
-            record, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as err:
-            after = f" (after id {last_id})" if last_id is not None else ""
-            raise BadRecord(path, f"#{index}{after}", f"unparsable JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
-        yield record
-        last_id, index = record.get("id", index) if isinstance(record, dict) else index, index + 1
+def iter_records(path: Path, chunk_chars: int = 1 << 20) -> Iterator[dict]:
+    """Records of a JSON array, one at a time, read in chunks: memory stays bounded on a 595k-record file, and a
+    syntax error names the record where it happens."""
+    decoder = json.JSONDecoder()
+    with path.open(encoding="utf-8") as f:
+        buffer, at_eof = f.read(chunk_chars), False
+        pos = buffer.find("[")
+        if pos < 0 or buffer[:pos].strip():
+            raise BadRecord(path, "#0", "not a JSON array")
+        pos, index, last_id = pos + 1, 0, None
+        while True:
+            while True:  # skip separators, refilling the buffer as it runs out
+                while pos < len(buffer) and buffer[pos] in " \t\r\n,":
+                    pos += 1
+                if pos < len(buffer) or at_eof:
+                    break
+                buffer, pos = f.read(chunk_chars), 0
+                at_eof = not buffer
+            if pos < len(buffer) and buffer[pos] == "]":
+                return
+            try:
+                record, pos = decoder.raw_decode(buffer, pos)
+            except json.JSONDecodeError as err:
+                more = "" if at_eof else f.read(chunk_chars)
+                if more:  # the record may just run past the buffer's end: decode it again with more text
+                    buffer, pos = buffer[pos:] + more, 0
+                    continue
+                at_eof = True
+                after = f" (after id {last_id})" if last_id is not None else ""
+                raise BadRecord(path, f"#{index}{after}", f"unparsable JSON: {err.msg}") from None
+            yield record
+            last_id, index = record.get("id", index) if isinstance(record, dict) else index, index + 1
 
 
 def check_image(path: Path) -> None:
@@ -112,10 +125,9 @@ def to_messages(record: dict, *, with_image: bool, plain: bool = False) -> list[
 
 
 def read_llava_file(path: Path, image_dir: Path, *, on_bad_record: str, with_image: bool, plain: bool = False,
-                    report: Report | None = None) -> list[dict]:
-    """Validated rows `{"id", "messages", "images"}` (images only `with_image`)."""
+                    report: Report | None = None) -> Iterator[dict]:
+    """Validated rows `{"id", "messages", "images"}` (images only `with_image`), one at a time."""
     report = report if report is not None else Report()
-    rows = []
     for i, record in enumerate(tqdm(iter_records(path), desc=f"read {path.name}", unit=" records", mininterval=2)):
         report.read += 1
         record_id = str(record.get("id", f"#{i}")) if isinstance(record, dict) else f"#{i}"
@@ -133,6 +145,5 @@ def read_llava_file(path: Path, image_dir: Path, *, on_bad_record: str, with_ima
         row = {"id": record_id, "messages": messages}
         if with_image:
             row["images"] = [str(image)]
-        rows.append(row)
         report.kept += 1
-    return rows
+        yield row
