@@ -67,3 +67,100 @@ def test_plain_template_supervises_the_caption_only(params_for):
     assert tokenizer.decode([t for t in labels if t != -100]) == "a blue square on a dark background .\n"
     n_image = sum(t == tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) for t in ids)
     assert n_image == (32 // 16) ** 2  # CLS dropped
+
+
+# --- LLaMA's SentencePiece tokenizer: the space before an answer merges into its first piece ("ASSISTANT: No" -> "▁No")
+
+
+@pytest.fixture(scope="session")
+def llama_spm() -> bytes:
+    from llama_tokenizer import train_llama_tokenizer
+
+    return train_llama_tokenizer()
+
+
+@pytest.fixture(scope="session", params=[True, False], ids=["legacy", "non-legacy"])
+def llama_repo(request, llama_spm, tmp_path_factory):
+    """The tokenizer files as LLaMA-1/Vicuna repos ship them (legacy) and as LLaMA-2's tokenizer_config sets them."""
+    from llama_tokenizer import save_llama_repo
+
+    return save_llama_repo(tmp_path_factory.mktemp("llama"), llama_spm, legacy=request.param), request.param
+
+
+def turns(with_image: bool, n: int) -> list[dict]:
+    return messages(with_image)[:2 * n]
+
+
+def covered_text(tokenizer, ids: list[int]) -> str:
+    """The text the tokens stand for, with each piece's own "▁" kept (decode would drop the first one)."""
+    text = "".join(tokenizer.convert_ids_to_tokens(ids)).replace("▁", " ")
+    return re.sub(r"<0x([0-9A-F]{2})>", lambda m: chr(int(m.group(1), 16)), text)
+
+
+# LLaVA's training text for TURNS, image in the first question (train.py `preprocess*` + conversation.py), BOS included.
+RENDERED = {
+    "v0": "<s>A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+          "detailed, and polite answers to the human's questions.\n\n### Human: <image>\nIs there a star in the image?\n"
+          "### Assistant: No, there is no star in the image.\n### Human: What color is the circle?\n"
+          "### Assistant: The circle is red.\n### ",
+    "v1": "<s>A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+          "detailed, and polite answers to the user's questions. USER: <image>\nIs there a star in the image? "
+          "ASSISTANT: No, there is no star in the image.</s>USER: What color is the circle? ASSISTANT: The circle is red.</s>",
+    "llama_2": "<s>[INST] <<SYS>>\nYou are a helpful language and vision assistant. You are able to understand the visual "
+               "content that the user provides, and assist the user with a variety of tasks using natural language.\n"
+               "<</SYS>>\n\n<image>\nIs there a star in the image? [/INST] No, there is no star in the image. </s>"
+               "<s>[INST] What color is the circle? [/INST] The circle is red. </s>",
+    "plain": "<s><image>No, there is no star in the image.\nThe circle is red.\n",
+}
+
+# What is supervised, per template and number of rounds, as the text its tokens cover. "{p}" is the "▁" that legacy
+# mode puts after a special token (<s>, <image>); elsewhere the space before an answer is inside its first piece.
+SUPERVISED = {
+    ("v0", 1): "###### Assistant: No, there is no star in the image.\n### ",
+    ("v0", 2): "###### Assistant: No, there is no star in the image.\n###### Assistant: The circle is red.\n### ",
+    ("v1", 1): " No, there is no star in the image.</s>",
+    ("v1", 2): " No, there is no star in the image.</s> The circle is red.</s>",
+    ("llama_2", 1): " No, there is no star in the image. </s>",
+    ("llama_2", 2): " No, there is no star in the image. </s> The circle is red. </s>",
+    ("plain", 1): "{p}No, there is no star in the image.\n",
+    ("plain", 2): "{p}No, there is no star in the image.\nThe circle is red.\n",
+}
+
+
+@pytest.mark.parametrize("template", ["v0", "v1", "llama_2", "plain"])
+def test_llama_tokenizer_renders_llava_prompts(params_for, llama_repo, template):
+    repo, _ = llama_repo
+    tokenizer = load_tokenizer(params_for(**{"backbones.tiny.llm": str(repo)}), template)
+    assert tokenizer.apply_chat_template(messages(with_image=True), tokenize=False) == RENDERED[template]
+
+
+@pytest.mark.parametrize("n_turns", [1, 2])
+@pytest.mark.parametrize("with_image", [True, False])
+@pytest.mark.parametrize("template", ["v0", "v1", "llama_2", "plain"])
+def test_llama_tokenizer_supervises_what_llava_does(params_for, llama_repo, template, with_image, n_turns):
+    repo, legacy = llama_repo
+    params = params_for(**{"backbones.tiny.llm": str(repo)})
+    row = {"id": "x", "messages": turns(with_image, n_turns)}
+    if with_image:
+        row["images"] = [Image.new("RGB", (32, 32), "red")]
+        processing = load_processor(params, template)
+    else:
+        processing = load_tokenizer(params, template)
+    tokenizer = getattr(processing, "tokenizer", processing)
+    [ids], [labels] = encode(processing, [row], max_length=512)
+    supervised = [t for t, lab in zip(ids, labels) if lab != -100]
+
+    # LLaVA masks instructions by length, len(tokenizer(instruction).input_ids) - 2, which is right only for legacy
+    # tokenizers (multi-turn v1 with legacy=False hits its "tokenization mismatch" and drops the sample); we implement
+    # what it intends, answer and end token, so both tokenizer modes must supervise the same text.
+    assert covered_text(tokenizer, supervised) == SUPERVISED[template, n_turns].format(p=" " if legacy else "")
+    if template in ("v1", "llama_2"):
+        assert tokenizer.convert_ids_to_tokens(supervised[0]) == "▁No"  # the merged space goes with the answer
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    assert ids[0] == bos and labels[0] == -100
+    assert ids.count(bos) == (n_turns if template == "llama_2" else 1)  # llama_2 opens every round with <s>
+    assert ids.count(eos) == (n_turns if template in ("v1", "llama_2") else 0)
+    assert all(lab == eos for tok, lab in zip(ids, labels) if tok == eos)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    assert (image_id in ids) == with_image
+    assert all(lab == -100 for tok, lab in zip(ids, labels) if tok == image_id)
