@@ -60,3 +60,41 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     return tmp_path / "mlflow.db"
+
+
+@pytest.fixture
+def tiny_project(tmp_path, params_for):
+    """A project directory (params.yaml, a prepared text split, NLP fixtures) that `python -m sightbeyond` can run in."""
+    import yaml
+
+    from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
+    from sightbeyond.data.prepare import save
+
+    def make(name: str = "project", rows: int = 200, **overrides) -> Path:
+        root = tmp_path / name
+        root.mkdir()
+        params = params_for(**{"eval_nlp.tasks": ["ethics_cm"], "stage2.stepwise_limit": 4, **overrides})
+        (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+        conversations = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+                         for q, a in (line.split("? ", 1) for line in CORPUS if "? " in line)]
+        save(lambda: ({"id": str(i), "messages": conversations[i % len(conversations)]} for i in range(rows)),
+             root / "data/prepared/text", with_image=False)
+        write_nlp_fixtures(root / "data/shapesworld/nlp", seed=0, n_truthfulqa=8, n_ethics=8)
+        return root
+
+    return make
+
+
+def run_cli(root: Path, *args: str, wait: bool = True, launcher: tuple[str, ...] = ()):
+    """`sightbeyond` in a child process of its own, as DVC runs it, with the project's MLflow store."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SIGHTBEYOND_ROOT": str(root), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [*(launcher or (sys.executable,)), "-m", "sightbeyond", *args]
+    proc = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if wait:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+    return proc

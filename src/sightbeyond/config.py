@@ -154,7 +154,12 @@ class Preset(Strict):
     stage2: Stage2Hparams
 
 
+class Stage1(Strict):
+    save_steps: PositiveInt | None = None  # checkpoint every this many steps (null: none); a killed run resumes from one
+
+
 class Stage2(Strict):
+    save_steps: PositiveInt | None = None
     eval_steps: PositiveInt
     stepwise_limit: PositiveInt | None = None
 
@@ -194,6 +199,7 @@ class Params(Strict):
     prepare: Prepare
     subsets: Subsets
     model: ModelCfg
+    stage1: Stage1
     stage2: Stage2
     eval_nlp: EvalNLP
     eval_mm: EvalMM

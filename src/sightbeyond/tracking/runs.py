@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel
 
 from sightbeyond.config import Params, project_root
+from sightbeyond.io import is_main_process
 
 
 def tracking_uri() -> str:
@@ -51,8 +52,13 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | None = None,
-              inputs: list[Path] = (), param_sections: tuple[str, ...] = (), hparams: BaseModel | None = None) -> Iterator:
-    """Start the stage's run (a child of `mlflow run`'s run when there is one); failures are marked FAILED."""
+              inputs: list[Path] = (), param_sections: tuple[str, ...] = (), hparams: BaseModel | None = None,
+              run_id: str | None = None) -> Iterator:
+    """Start the stage's run (a child of `mlflow run`'s run when there is one), or continue `run_id`; failures are
+    marked FAILED. Only the main process of a distributed run logs: the others get None."""
+    if not is_main_process():
+        yield None
+        return
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -65,6 +71,10 @@ def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | N
     if commit := _git("rev-parse", "HEAD"):
         all_tags |= {"mlflow.source.git.commit": commit, "git_commit": commit,
                      "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no")))}
+    if run_id is not None:  # a resumed run already has its tags, params and inputs
+        with mlflow.start_run(run_id=run_id) as run:
+            yield run
+        return
     with mlflow.start_run(run_name=name, tags=all_tags, parent_run_id=parent) as run:
         dumped = params.model_dump()
         logged = {"backbone": params.backbone, **flatten({"backbones": {params.backbone: params.active.model_dump()}})}

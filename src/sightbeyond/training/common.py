@@ -38,7 +38,8 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def sft_config(output_dir: Path, hparams: Stage1Hparams | Stage2Hparams, *, lr: float, seed: int = 0, **overrides):
+def sft_config(output_dir: Path, hparams: Stage1Hparams | Stage2Hparams, *, lr: float, save_steps: int | None,
+               seed: int = 0, **overrides):
     from trl import SFTConfig
 
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -56,8 +57,10 @@ def sft_config(output_dir: Path, hparams: Stage1Hparams | Stage2Hparams, *, lr: 
         bf16=bf16,
         activation_checkpointing=torch.cuda.is_available(),
         logging_steps=5,
-        save_strategy="no",
-        report_to=["mlflow"],
+        save_strategy="steps" if save_steps else "no",  # checkpoints are what a killed run resumes from
+        save_steps=save_steps or 500,
+        save_total_limit=2,  # the newest may be cut short by a kill; the one before is complete
+        report_to="none",  # MLflow logging is ResumableMLflowCallback, which knows what a resumed run already holds
         seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=False,

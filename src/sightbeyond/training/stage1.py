@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sightbeyond.config import Params
 from sightbeyond.data.prepare import split_dir
-from sightbeyond.io import atomic_dir
+from sightbeyond.io import atomic_dir, is_main_process
 from sightbeyond.training.common import sft_config, stage1_dir, trainer_dir, world_size
 
 
@@ -13,7 +13,7 @@ def run(params: Params) -> None:
     from trl import SFTTrainer
 
     from sightbeyond.model.llava import build_llava, load_processor, save_projector
-    from sightbeyond.tracking.runs import stage_run
+    from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
 
     hparams, out = params.hparams.stage1, stage1_dir(params)
     hparams.grad_accum(world_size())  # a batch that does not divide fails before the model loads
@@ -23,10 +23,13 @@ def run(params: Params) -> None:
     model.model.multi_modal_projector.requires_grad_(True)
     dataset = load_from_disk(str(split_dir("stage1")), keep_in_memory=True)  # no caches written into a DVC output
 
-    with stage_run("stage1", params, name=f"stage1-{params.backbone}", param_sections=("model",), hparams=hparams,
-                   inputs=[split_dir("stage1")]), atomic_dir(out) as tmp:
-        args = sft_config(trainer_dir(params, "stage1"), hparams, lr=hparams.lr)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
-        trainer.train()
-        save_projector(model, tmp)
-        processor.save_pretrained(tmp)
+    work, inputs = trainer_dir(params, "stage1"), [split_dir("stage1")]
+    with resumable_run("stage1", params, name=f"stage1-{params.backbone}", param_sections=("model",), hparams=hparams,
+                       inputs=inputs, trainer_dir=work, fingerprint=fingerprint(params, inputs)) as resume, atomic_dir(out) as tmp:
+        args = sft_config(work, hparams, lr=hparams.lr, save_steps=params.stage1.save_steps)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                             callbacks=[ResumableMLflowCallback(resume.logged_through)])
+        trainer.train(resume_from_checkpoint=resume.checkpoint)
+        if is_main_process():
+            save_projector(model, tmp)
+            processor.save_pretrained(tmp)

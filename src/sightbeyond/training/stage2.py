@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sightbeyond.config import Modality, Params, Tuning
 from sightbeyond.data.prepare import split_dir
-from sightbeyond.io import atomic_dir
+from sightbeyond.io import atomic_dir, is_main_process
 from sightbeyond.training.common import sft_config, stage1_dir, stage2_dir, trainer_dir, variant, world_size
 
 LLM_LINEAR = r"layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -28,7 +28,7 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
 
     from sightbeyond.evaluation.nlp_stage import nlp_data_root
     from sightbeyond.model.llava import build_llava, load_llm, load_processor, load_tokenizer
-    from sightbeyond.tracking.runs import stage_run
+    from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
     from sightbeyond.training.stepwise import StepwiseEval
 
     cfg, hparams, out = params.stage2, params.hparams.stage2, stage2_dir(params, tuning, modality)
@@ -42,15 +42,20 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
         processing = tokenizer = load_tokenizer(params)
         model = load_llm(params, tokenizer)
     dataset = load_from_disk(str(split_dir(modality)), keep_in_memory=True)  # TRL's map must not write caches into a DVC output
-    stepwise = StepwiseEval(tokenizer, params.eval_nlp.tasks, nlp_data_root(params), every=cfg.eval_steps,
-                            limit=cfg.stepwise_limit, batch_size=params.eval_nlp.batch_size)
+    inputs = [split_dir(modality)] + ([stage1_dir(params)] if modality == "image" else [])
+    work = trainer_dir(params, variant(tuning, modality))
 
-    tags = {"tuning": tuning, "modality": modality}
-    with stage_run("stage2", params, name=f"stage2-{params.backbone}-{variant(tuning, modality)}", tags=tags,
-                   param_sections=("model", "stage2"), hparams=hparams, inputs=[split_dir(modality), stage1_dir(params)]), atomic_dir(out) as tmp:
-        args = sft_config(trainer_dir(params, variant(tuning, modality)), hparams, lr=getattr(hparams.lr, tuning))
+    with resumable_run("stage2", params, name=f"stage2-{params.backbone}-{variant(tuning, modality)}",
+                       tags={"tuning": tuning, "modality": modality}, param_sections=("model", "stage2"), hparams=hparams,
+                       inputs=inputs, trainer_dir=work, fingerprint=fingerprint(params, inputs, tuning=tuning, modality=modality)
+                       ) as resume, atomic_dir(out) as tmp:
+        stepwise = StepwiseEval(tokenizer, params.eval_nlp.tasks, nlp_data_root(params), every=cfg.eval_steps,
+                                limit=cfg.stepwise_limit, batch_size=params.eval_nlp.batch_size, logged_through=resume.logged_through)
+        args = sft_config(work, hparams, lr=getattr(hparams.lr, tuning), save_steps=cfg.save_steps)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing,
-                             peft_config=lora_config(params, modality) if tuning == "lora" else None, callbacks=[stepwise])
-        trainer.train()
+                             peft_config=lora_config(params, modality) if tuning == "lora" else None,
+                             callbacks=[stepwise, ResumableMLflowCallback(resume.logged_through)])
+        trainer.train(resume_from_checkpoint=resume.checkpoint)
         trainer.save_model(str(tmp))
-        processing.save_pretrained(str(tmp))
+        if is_main_process():
+            processing.save_pretrained(str(tmp))

@@ -12,12 +12,14 @@ from sightbeyond.training.common import unwrap_causal_lm
 class StepwiseEval(TrainerCallback):
     """lm-eval in process on the LLM being trained (LoRA unmerged); tasks and model wrapper are built once."""
 
-    def __init__(self, tokenizer, tasks: list[str], data_root: Path, *, every: int, limit: int | None, batch_size: int):
+    def __init__(self, tokenizer, tasks: list[str], data_root: Path, *, every: int, limit: int | None, batch_size: int,
+                 logged_through: int = -1):
         from sightbeyond.evaluation.nlp import load_tasks
 
         self.tasks = load_tasks(tasks, data_root)  # also checks the files before any training step
         self.tokenizer, self.every, self.limit, self.batch_size = tokenizer, every, limit, batch_size
         self.lm, self.last_step = None, None
+        self.logged_through = logged_through  # a resumed run already holds the steps up to here
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         from lm_eval.models.huggingface import HFLM
@@ -35,7 +37,7 @@ class StepwiseEval(TrainerCallback):
 
         from sightbeyond.evaluation.nlp import evaluate_loaded
 
-        if not state.is_world_process_zero or state.global_step == self.last_step:
+        if not state.is_world_process_zero or state.global_step == self.last_step or state.global_step <= self.logged_through:
             return
         model.eval()
         metrics = evaluate_loaded(self.lm, self.tasks, limit=self.limit)

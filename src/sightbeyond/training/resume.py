@@ -1,0 +1,103 @@
+"""Resuming a killed training run: from its last complete checkpoint, into the same MLflow run, no step logged twice.
+
+The trainer directory holds `run.json` (the configuration's fingerprint and the MLflow run id) beside the Trainer's
+checkpoints. A rerun with the same fingerprint continues that run; any other configuration starts afresh, so a
+checkpoint is never resumed into a run it does not belong to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers.integrations import MLflowCallback
+
+from sightbeyond.config import Params
+from sightbeyond.io import is_main_process
+
+RUN_FILE = "run.json"
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Resume:
+    run_id: str | None  # the MLflow run to continue
+    checkpoint: str | None  # the last complete checkpoint
+    logged_through: int  # the run already holds every step up to here: the rerun does not log them again
+
+
+def fingerprint(params: Params, inputs: list[Path], **what) -> str:
+    """What makes two runs the same run: every parameter, and each input's DVC hash and newest modification time."""
+    from sightbeyond.tracking.runs import dvc_hashes
+
+    hashes = dvc_hashes(inputs)
+    state = {str(p): (hashes.get(str(p)), max((f.stat().st_mtime_ns for f in Path(p).rglob("*")), default=None))
+             for p in inputs}
+    blob = json.dumps({"params": params.model_dump(mode="json"), "inputs": state, **what}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def last_complete_checkpoint(trainer_dir: Path) -> str | None:
+    """The newest checkpoint whose trainer_state.json exists: the Trainer writes that file last, so a checkpoint cut
+    short by the kill is skipped."""
+    steps = sorted((int(m[1]), p) for p in trainer_dir.glob("checkpoint-*") if (m := CHECKPOINT.match(p.name)))
+    return next((str(p) for _, p in reversed(steps) if (p / "trainer_state.json").is_file()), None)
+
+
+def logged_through(run_id: str) -> int:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    keys = client.get_run(run_id).data.metrics
+    return max((m.step for key in keys for m in client.get_metric_history(run_id, key)), default=-1)
+
+
+def find(trainer_dir: Path, fp: str) -> Resume:
+    saved = trainer_dir / RUN_FILE
+    if saved.is_file():
+        state = json.loads(saved.read_text())
+        if state.get("fingerprint") == fp:
+            return Resume(state["run_id"], last_complete_checkpoint(trainer_dir), logged_through(state["run_id"]))
+    if trainer_dir.exists() and is_main_process():
+        shutil.rmtree(trainer_dir)  # another configuration's checkpoints
+    return Resume(None, None, -1)
+
+
+def remember(trainer_dir: Path, fp: str, run_id: str) -> None:
+    trainer_dir.mkdir(parents=True, exist_ok=True)
+    tmp = trainer_dir / f".{RUN_FILE}.partial"
+    tmp.write_text(json.dumps({"fingerprint": fp, "run_id": run_id}))
+    tmp.replace(trainer_dir / RUN_FILE)
+
+
+@contextlib.contextmanager
+def resumable_run(stage: str, params: Params, *, trainer_dir: Path, fingerprint: str, **stage_run_args) -> Iterator[Resume]:
+    """The stage's MLflow run, continued if a killed attempt of the same configuration left one; on success the
+    checkpoints go (the result is saved), so a later rerun starts afresh."""
+    from sightbeyond.tracking.runs import stage_run
+
+    resume = find(trainer_dir, fingerprint)
+    with stage_run(stage, params, run_id=resume.run_id, **stage_run_args) as run:
+        if run is not None:
+            remember(trainer_dir, fingerprint, run.info.run_id)
+        yield resume
+    if is_main_process():
+        shutil.rmtree(trainer_dir, ignore_errors=True)
+
+
+class ResumableMLflowCallback(MLflowCallback):
+    """transformers' MLflow logging, minus the steps a killed attempt already logged (resuming replays them)."""
+
+    def __init__(self, logged_through: int = -1):
+        super().__init__()
+        self.logged_through = logged_through
+
+    def on_log(self, args, state, control, logs, model=None, **kwargs):
+        if state.global_step > self.logged_through:
+            super().on_log(args, state, control, logs, model=model, **kwargs)
