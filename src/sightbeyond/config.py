@@ -56,6 +56,9 @@ class Synth(Strict):
     complex_reasoning: PositiveInt
     pope_images: PositiveInt
     nlp_fixture_rows: PositiveInt = 24
+    mme_images: PositiveInt = 4             # per MME subtask, two questions each
+    caption_images: PositiveInt = 20        # per Karpathy split (test, train) of COCO and of Flickr30k
+    unicorn_images: PositiveInt = 40        # per Unicorn task (OODCV-VQA, Sketchy-VQA)
 
 
 class TinyLLM(Strict):
@@ -179,16 +182,44 @@ class EvalNLP(Strict):
 
 
 class EvalMM(Strict):
+    benchmarks: list[Literal["mme", "pope", "coco", "flickr30k", "coco_c", "unicorn"]]
+    mme_dir: Path
+    mme_exclude: list[Literal["existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
+                              "artwork", "OCR", "commonsense_reasoning", "numerical_calculation", "text_translation",
+                              "code_reasoning"]] = []
     pope_dir: Path
     pope_images: Path
     splits: list[Literal["random", "popular", "adversarial"]]
+    coco_karpathy: Path
+    coco_images: Path
+    flickr30k_karpathy: Path
+    flickr30k_images: Path
+    caption_prompt: str
+    caption_examples: int = 3               # text-only in-context examples
+    caption_max_new_tokens: PositiveInt = 20
+    corruptions: list[Literal["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+                              "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform",
+                              "pixelate", "jpeg_compression", "speckle_noise", "gaussian_blur", "spatter", "saturate"]]
+    severities: list[Literal[1, 2, 3, 4, 5]]
+    unicorn_dir: Path
     max_new_tokens: PositiveInt = 16
     batch_size: PositiveInt = 32
     do_sample: bool = False
+    top_k: PositiveInt = 50
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _coco_c_needs_coco(self):
+        if "coco_c" in self.benchmarks and "coco" not in self.benchmarks:
+            raise ValueError("eval_mm.benchmarks: coco_c's relative drop is against coco, which is not in the list")
+        if self.caption_examples < 0:
+            raise ValueError("eval_mm.caption_examples must be 0 or more")
+        return self
 
 
 class Params(Strict):
     backbone: str
+    launch: str = "sightbeyond"  # the training stages' command in dvc.yaml (`accelerate launch ... -m sightbeyond`)
     preset: str | None = None
     grid: Grid
     backbones: dict[str, Backbone]

@@ -56,6 +56,8 @@ def sft_config(output_dir: Path, hparams: Stage1Hparams | Stage2Hparams, *, lr: 
         assistant_only_loss=True,  # the loss covers assistant turns and their end token, as LLaVA's
         bf16=bf16,
         activation_checkpointing=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # without CUDA, processes launched together join a gloo group
+        ddp_find_unused_parameters=False,  # every trainable parameter takes part in every step
         logging_steps=5,
         save_strategy="steps" if save_steps else "no",  # checkpoints are what a killed run resumes from
         save_steps=save_steps or 500,
