@@ -95,3 +95,13 @@ def test_stage_command_reports_missing_weights_and_exits_2(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     assert main(["-S", "backbone=llama2", "stage1"]) == 2
     assert "backbones.llama2.local_path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_LLMS))
+def test_the_mlproject_chain_of_each_backbone_stops_in_seconds_without_weights(name, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(ROOT)
+    start = time.monotonic()
+    assert main(["chain", "--backbone", name, "--tuning", "lora", "--modality", "image", "--data", "full"]) == 2
+    assert time.monotonic() - start < 30
+    assert f"backbones.{name}.local_path" in capsys.readouterr().err

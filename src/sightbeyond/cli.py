@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tuning", choices=("lora", "ft"), required=True)
     s.add_argument("--modality", choices=("image", "text"), required=True)
     s.add_argument("--data", choices=("full", "conversation", "detail", "reasoning", "random20k"), required=True)
+    s.add_argument("--preset", default="backbone", help="a key of presets, or `backbone` for the backbone's own")
     s = sub.add_parser("import_released", help="a checkpoint in LLaVA's training layout: its LLM (and projector) for evaluation")
     s.add_argument("--src", type=Path, required=True, help="the released checkpoint directory")
     s.add_argument("--out", type=Path, help="default: models/released/<src name>")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = _overrides(args.set)
         if args.command == "chain":
             overrides |= {"backbone": args.backbone, "grid.tuning": [args.tuning], "grid.modality": [args.modality],
-                          "grid.data": args.data}
+                          "grid.data": args.data, "preset": None if args.preset == "backbone" else args.preset}
         params = load_params(overrides=overrides)
         # missing weights stop every stage in seconds, before data is read
         if args.command in ("check", "stage1", "eval_mm") or (args.command == "stage2" and args.modality == "image"):
