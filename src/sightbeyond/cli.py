@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("import_released", help="a checkpoint in LLaVA's training layout: its LLM (and projector) for evaluation")
     s.add_argument("--src", type=Path, required=True, help="the released checkpoint directory")
     s.add_argument("--out", type=Path, help="default: models/released/<src name>")
+    sub.add_parser("report", help="the paper's tables and figures, with intervals, from the MLflow runs, in reports/")
+    s = sub.add_parser("compare", help="chosen cells or runs: metrics, deltas and intervals, in the terminal")
+    from sightbeyond.report.compare import add_arguments
+
+    add_arguments(s)
     s = sub.add_parser("preview", help="print what the model sees and what it is trained on, for the first records")
     s.add_argument("--split", required=True, help="stage1 | image | text, or a prepared dataset directory")
     s.add_argument("--n", type=int, default=3)
@@ -137,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
                     raise ConfigError(str(err)) from None
                 print(f"{out / 'llm'}: LlamaForCausalLM, vocabulary {imported.vocab_size}, projector {imported.projector_type}; "
                       f"evaluate it with `sightbeyond -S backbone={out / 'llm'} eval_nlp --model base`")
+            case "report":
+                from sightbeyond.report.build import run
+
+                run(params)
+            case "compare":
+                from sightbeyond.report.compare import main as compare
+
+                compare(args, params.tracking.experiment)
             case "preview":
                 from sightbeyond.training.preview import run
 

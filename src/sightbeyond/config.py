@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 Tuning = Literal["lora", "ft"]
 Modality = Literal["image", "text"]
@@ -107,6 +107,15 @@ class Subsets(Strict):
     seed: int = 0
 
 
+class Report(Strict):
+    git_commit: str | None = None  # only runs of this commit (a prefix of their tag git_commit); null: any
+    dvc_exp: str | None = None  # only runs of this DVC experiment (tag dvc_exp); null: any
+    data: InstructData = "full"  # the tables' tuning data
+    resamples: PositiveInt = 2000  # bootstrap resamples per interval
+    seed: int = 0
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+
 class ModelCfg(Strict):
     projector: Literal["linear", "mlp2x_gelu"] = "linear"
     vision_feature_layer: int = -2
@@ -165,10 +174,14 @@ class Stage2(Strict):
     save_steps: PositiveInt | None = None
     eval_steps: PositiveInt
     stepwise_limit: PositiveInt | None = None
+    # loglikelihood benchmarks of eval_nlp (Figure 4: TruthfulQA-mc1 and ETHICS)
+    stepwise_tasks: list[str] = ["truthfulqa_mc1", "ethics_cm", "ethics_deontology", "ethics_justice",
+                                 "ethics_utilitarianism", "ethics_virtue"]
+    best_metric: str | None = None          # a step-wise metric, e.g. truthfulqa_mc1/acc: keep the model where it peaks
 
 
 class EvalNLP(Strict):
-    source: Literal["fixture", "local"] = "fixture"
+    source: Literal["hub", "local", "fixture"] = "fixture"
     local_root: str | None = None
     tasks: list[str]
     batch_size: PositiveInt = 16
@@ -234,6 +247,7 @@ class Params(Strict):
     stage2: Stage2
     eval_nlp: EvalNLP
     eval_mm: EvalMM
+    report: Report
 
     @model_validator(mode="after")
     def _names_known(self):

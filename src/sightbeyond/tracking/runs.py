@@ -68,6 +68,8 @@ def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | N
     # `mlflow run` exports its own run's id; left in place, every stage would write into that one run
     parent = os.environ.pop("MLFLOW_RUN_ID", None)
     all_tags = {"stage": stage, "backbone": params.backbone, "data": params.grid.data, "preset": params.preset_name, **(tags or {})}
+    if experiment := os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`: the report can select one experiment
+        all_tags["dvc_exp"] = experiment
     if commit := _git("rev-parse", "HEAD"):
         all_tags |= {"mlflow.source.git.commit": commit, "git_commit": commit,
                      "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no")))}

@@ -1,0 +1,1 @@
+"""Cross-run comparison: the paper's tables and figures rebuilt from MLflow, with intervals and significance."""

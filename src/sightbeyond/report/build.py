@@ -1,0 +1,149 @@
+"""Stage `report`: the paper's tables and figures rebuilt from the MLflow runs, written to reports/ and logged to the
+stage's own MLflow run (tag stage=report).
+
+reports/ (one folder per kind of output, so DVC can declare each: outs, plots, metrics)
+  README.md                             what each file shows, and which runs it read
+  tables/table{1,3,4,5}.md / .csv       the paper's tables in its shape, ours beside the paper's values
+  tables/values.csv                     every table value, one per line: intervals, tests, paper values, run ids
+  tables/ablation.md / .csv             every tuned LLM (each tuning, modality, data) against its base LLM
+  figures/fig{2,3,4,5}_*.png            Figures 2-5
+  plots/*.csv, plots/stepwise/*.csv     the figures' data, for `dvc plots`
+  metrics.json                          headline deltas against the base LLM, for `dvc metrics diff`
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from sightbeyond.report import compare, figures, tables
+from sightbeyond.report.runs import NONE, Results, latest
+from sightbeyond.config import Report
+from sightbeyond.report.stats import Bootstrap
+
+OUT = Path("reports")
+HEADLINE = tuple(m for c in tables.SPECS["table1"].columns for m in c.metrics)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["empty"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
+
+
+def _selection(cfg: Report, experiment: str) -> str:
+    only = [what for what, chosen in ((f"git commit {cfg.git_commit}", cfg.git_commit),
+                                      (f"DVC experiment {cfg.dvc_exp}", cfg.dvc_exp)) if chosen]
+    return f"MLflow experiment `{experiment}`, the latest finished run of each cell" + (
+        f", only {' and '.join(only)}" if only else "")
+
+
+def _footnote(cfg: Report, experiment: str) -> str:
+    return (f"Ours: {_selection(cfg, experiment)}; tuned rows: image instruction tuning on `{cfg.data}` data. "
+            "(paper): as published. Values in the paper's units. Delta: against the base LLM (Tables 1, 3), against "
+            f"clean COCO in percent (Table 5). [a, b]: the delta's {cfg.confidence:.0%} paired percentile bootstrap "
+            f"interval over documents ({cfg.resamples} resamples, seed {cfg.seed}), or the value's own where there is "
+            "no delta. * p<0.05, ** p<0.01, *** p<0.001: McNemar mid-p for right/wrong results, else the paired "
+            "bootstrap. CI n/a: a run logged no per-document results. —: no run.")
+
+
+def _headline(rows: list[dict]) -> dict:
+    """{backbone: {tuning-modality-data: {metric: {value, delta, delta_ci_low, delta_ci_high, p_value}}}}"""
+    out: dict = {}
+    for r in rows:
+        if r["delta"] is None:
+            continue
+        backbone, variant, data = r["cell"].split("/")
+        fields = {k: round(r[k], 4) for k in ("value", "delta", "delta_ci_low", "delta_ci_high", "p_value")
+                  if r[k] is not None}
+        out.setdefault(backbone, {}).setdefault(f"{variant}-{data}", {})[r["metric"]] = fields
+    return out
+
+
+def write(cfg: Report, results: Results, experiment: str, out: Path) -> dict:
+    """Every report file under `out`; returns the headline metrics (metrics.json)."""
+    boot = Bootstrap(cfg.resamples, cfg.seed, cfg.confidence)
+    tabular = out / "tables"
+    tabular.mkdir(parents=True, exist_ok=True)
+    values = []
+    for spec in tables.SPECS.values():
+        table = tables.build(spec, results, boot, cfg.data)
+        (tabular / f"{spec.name}.md").write_text(tables.markdown(table, _footnote(cfg, experiment)))
+        (tabular / f"{spec.name}.csv").write_text(tables.to_csv(table))
+        values += tables.tidy(table, results)
+    _write_csv(tabular / "values.csv", values)
+
+    tuned = sorted((c for c in results.cells if c.stage == "eval_nlp" and c.tuning != NONE),
+                   key=lambda c: (c.backbone, c.tuning, c.modality, c.data))
+    nlp_metrics = compare.default_metrics("eval_nlp")
+    ablation = compare.records(results, tuned, nlp_metrics, boot)
+    _write_csv(tabular / "ablation.csv", ablation)
+    (tabular / "ablation.md").write_text(f"### Every tuned LLM against its base LLM\n\n{_selection(cfg, experiment)}.\n\n"
+                                     f"```\n{compare.render(ablation)}\n```\n")
+
+    plots, pngs = out / "plots", out / "figures"
+    _write_csv(plots / "modality.csv", figures.modality(results, boot, cfg.data, pngs / "fig2_modality.png"))
+    _write_csv(plots / "data_types.csv", figures.data_types(results, boot, pngs / "fig3_data_types.png"))
+    for label, curve in figures.stepwise(results, pngs / "fig4_stepwise.png").items():
+        _write_csv(plots / "stepwise" / f"{label.replace('/', '_')}.csv", curve)
+    _write_csv(plots / "correlation.csv", figures.correlation(results, cfg.data, pngs / "fig5_correlation.png"))
+
+    headline = _headline([r for r in ablation if r["metric"] in HEADLINE])
+    (out / "metrics.json").write_text(json.dumps(headline, indent=2, sort_keys=True) + "\n")
+    (out / "README.md").write_text(_readme(cfg, experiment, results))
+    return headline
+
+
+def _readme(cfg: Report, experiment: str, results: Results) -> str:
+    cells = "\n".join(f"- `{c.stage}` {c.label}: runs {', '.join(sorted(set(r.run_of.values())))}"
+                      for c, r in sorted(results.cells.items(), key=lambda kv: (kv[0].stage, kv[0].label)))
+    return f"""# Report: the paper's tables and figures from this project's runs
+
+Read from {_selection(cfg, experiment)}. A cell with no run is shown as missing ("—", "no run"), never filled in.
+Intervals: {cfg.confidence:.0%} percentile bootstrap over documents ({cfg.resamples} resamples, seed {cfg.seed}),
+paired (the same resampled documents for both models) for deltas; significance: McNemar's mid-p test for right/wrong
+results, else the paired bootstrap.
+
+- `tables/table1.md`/`.csv`: Table 1, Ethics and TruthfulQA (mc1, mc2, gen ROUGE-L acc.), each tuned LLM against
+  its base LLM.
+- `tables/table3.md`/`.csv`: Table 3, MMLU, GSM8K, MathQA, SQuAD v2 F1 and BoolQ, against the base LLM.
+- `tables/table4.md`/`.csv`: Table 4, Unicorn, MME, COCO and Flickr30k CIDEr and POPE accuracy of the image-tuned
+  models.
+- `tables/table5.md`/`.csv`: Table 5, COCO CIDEr on clean and corrupted images, the drop in percent of clean.
+- `tables/values.csv`: every value of those tables on one line each, with intervals, tests, the paper's numbers and
+  run ids.
+- `tables/ablation.md`/`.csv`: every tuned LLM (each tuning, modality and data) against its base LLM, all NLP metrics.
+- `figures/fig2_modality.png`: base, text-only-tuned and image-tuned LLMs on Ethics and TruthfulQA, with the
+  image minus text-only difference and its significance above each pair.
+- `figures/fig3_data_types.png`: image tuning on each type of instruction data (conversation, detail, reasoning,
+  random subset) and on the full set, against the base LLM.
+- `figures/fig4_stepwise.png`: Ethics and TruthfulQA-mc1 measured during stage 2, per training run.
+- `figures/fig5_correlation.png`: each image-tuned model's multimodal score (MME perception, COCO CIDEr) against
+  its LLM's NLP scores, with Pearson's r; the paper's models in grey with theirs.
+- `plots/`: the figures' data; `metrics.json`: the headline deltas (Table 1's metrics) of every tuned LLM.
+
+## Cells read
+
+{cells or "none"}
+"""
+
+
+def run(params) -> None:
+    """`params`: the project's Params, with `report` (settings.Report) and `tracking.experiment`."""
+    import mlflow
+
+    from sightbeyond.io import atomic_dir
+    from sightbeyond.tracking.runs import flatten, stage_run
+
+    cfg = params.report
+    with stage_run("report", params, name="report") as active:
+        results = latest(params.tracking.experiment, git_commit=cfg.git_commit, dvc_exp=cfg.dvc_exp)
+        with atomic_dir(OUT) as tmp:  # no stale figure of a run no longer selected survives a rebuild
+            headline = write(cfg, results, params.tracking.experiment, tmp)
+        if active is not None:
+            mlflow.log_params(flatten({"report": cfg.model_dump()}))
+            mlflow.log_metrics(flatten(headline))
+            mlflow.log_artifacts(str(OUT), "reports")

@@ -1,0 +1,150 @@
+"""The runs a report reads: each cell's latest finished run in MLflow, found by the tags every stage run carries."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from sightbeyond.config import ConfigError
+from sightbeyond.report import docs as per_doc
+from sightbeyond.report.stats import (Bootstrap, Comparison, Contrast, Docs, Estimate, bootstrap, difference,
+                                      paired_bootstrap)
+
+STAGES = ("stage2", "eval_nlp", "eval_mm")
+NONE = "none"
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """A cell of the ablation matrix: what was trained (tuning, modality, data on a backbone) and which stage ran."""
+
+    stage: str
+    backbone: str
+    tuning: str = NONE        # lora | ft | none (the untuned LLM)
+    modality: str = NONE      # image | text | none
+    data: str = NONE          # full | conversation | detail | reasoning | random20k | none
+    run: str = ""             # a chosen run of the cell; "" for its latest
+
+    @classmethod
+    def base(cls, backbone: str) -> Cell:
+        return cls("eval_nlp", backbone)
+
+    @property
+    def label(self) -> str:
+        name = (f"{self.backbone}/base" if self.tuning == NONE
+                else f"{self.backbone}/{self.tuning}-{self.modality}/{self.data}")
+        return f"{name}@{self.run[:8]}" if self.run else name
+
+    @classmethod
+    def parse(cls, text: str, stage: str, data: str = "full") -> Cell:
+        """`<backbone>/base` or `<backbone>/<tuning>-<modality>[/<data>]`, as `label` writes them."""
+        backbone, _, rest = text.partition("/")
+        variant, _, data = rest.partition("/") if "/" in rest else (rest, "", data)
+        if variant == "base":
+            return cls.base(backbone)
+        tuning, sep, modality = variant.partition("-")
+        if not (backbone and sep and tuning and modality):
+            raise ConfigError(f"{text!r}: expected <backbone>/base or <backbone>/<tuning>-<modality>[/<data>]")
+        return cls(stage, backbone, tuning, modality, data)
+
+
+@dataclass
+class CellRuns:
+    cell: Cell
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_of: dict[str, str] = field(default_factory=dict)   # metric -> the run that logged it (eval_mm: one per family)
+
+
+def cell_of(tags: dict[str, str]) -> Cell | None:
+    if tags.get("stage") not in STAGES or not all(tags.get(k) for k in ("backbone", "tuning", "modality", "data")):
+        return None
+    # the base LLM saw no tuning data, whatever `grid.data` said when it was evaluated
+    data = NONE if tags["tuning"] == NONE else tags["data"]
+    return Cell(tags["stage"], tags["backbone"], tags["tuning"], tags["modality"], data)
+
+
+class Results:
+    """The cells found, with their metrics, per-document results, intervals and paired comparisons."""
+
+    def __init__(self, cells: dict[Cell, CellRuns]):
+        self.cells = cells
+        self._docs: dict[tuple[Cell, str], Docs | None] = {}  # artifacts are read once per report
+
+    def value(self, cell: Cell, metric: str) -> float | None:
+        found = self.cells.get(cell)
+        return found.metrics.get(metric) if found else None
+
+    def run_id(self, cell: Cell, metric: str) -> str | None:
+        found = self.cells.get(cell)
+        return found.run_of.get(metric) if found else None
+
+    def docs(self, cell: Cell, metric: str) -> Docs | None:
+        if (cell, metric) not in self._docs:
+            value, run_id = self.value(cell, metric), self.run_id(cell, metric)
+            self._docs[cell, metric] = None if value is None or run_id is None else per_doc.read(run_id, metric, value)
+        return self._docs[cell, metric]
+
+    def estimate(self, cell: Cell, metric: str, boot: Bootstrap) -> Estimate | None:
+        found = self.docs(cell, metric)
+        return bootstrap(found, boot) if found is not None else None
+
+    def compare(self, a: Cell, b: Cell, metric: str, boot: Bootstrap, *, b_metric: str | None = None,
+                contrast: Contrast = difference) -> Comparison | None:
+        """b's `b_metric` (default `metric`) against a's `metric`, paired by document; None without both runs'
+        documents."""
+        da, db = self.docs(a, metric), self.docs(b, b_metric or metric)
+        return paired_bootstrap(da, db, boot, contrast) if da is not None and db is not None else None
+
+    def pin(self, run_id: str) -> Cell:
+        """Add one chosen run (any status) as a cell of its own, e.g. to compare two runs of the same cell."""
+        from mlflow import MlflowClient
+
+        run = MlflowClient().get_run(run_id)
+        cell = cell_of(run.data.tags)
+        if cell is None:
+            raise ConfigError(f"run {run_id} is not a stage2, eval_nlp or eval_mm run of a cell (tag stage: "
+                             f"{run.data.tags.get('stage')!r})")
+        cell = dataclasses.replace(cell, run=run_id)
+        self.cells[cell] = CellRuns(cell, dict(run.data.metrics), {m: run_id for m in run.data.metrics})
+        return cell
+
+    def history(self, cell: Cell, metric: str) -> list[tuple[int, float]]:
+        """A metric logged at training steps (stage 2's step-wise evaluation), in step order."""
+        from mlflow import MlflowClient
+
+        run_id = self.run_id(cell, metric)
+        if run_id is None:
+            return []
+        points = {m.step: m.value for m in MlflowClient().get_metric_history(run_id, metric)}
+        return sorted(points.items())
+
+
+def latest(experiment: str, *, git_commit: str | None = None, dvc_exp: str | None = None) -> Results:
+    """Each cell's latest FINISHED runs in `experiment` (eval_mm: the latest of each benchmark family), optionally
+    only those of a git commit (a prefix of tag `git_commit`) or of a DVC experiment (tag `dvc_exp`)."""
+    import mlflow
+
+    from sightbeyond.tracking.runs import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    if mlflow.get_experiment_by_name(experiment) is None:
+        return Results({})
+    filters = ["attributes.status = 'FINISHED'"]
+    if git_commit:
+        filters.append(f"tags.git_commit LIKE '{git_commit}%'")
+    if dvc_exp:
+        filters.append(f"tags.dvc_exp = '{dvc_exp}'")
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=" AND ".join(filters),
+                              order_by=["attributes.start_time DESC"], output_format="list")
+    cells: dict[Cell, CellRuns] = {}
+    seen = set()
+    for run in runs:  # newest first: the first run of a cell (and family) is the one kept
+        cell = cell_of(run.data.tags)
+        if cell is None or (cell, run.data.tags.get("family")) in seen:
+            continue
+        seen.add((cell, run.data.tags.get("family")))
+        found = cells.setdefault(cell, CellRuns(cell))
+        for name, value in run.data.metrics.items():
+            found.metrics.setdefault(name, value)
+            found.run_of.setdefault(name, run.info.run_id)
+    return Results(cells)
