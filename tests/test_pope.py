@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sightbeyond.evaluation.pope import parse_answer, pope_metrics
+from sightbeyond.evaluation.pope import parse_answer, pope_metrics, score_pope
 
 
 @pytest.mark.parametrize("answer, parsed", [
@@ -37,3 +37,22 @@ def test_metrics_on_a_hand_counted_example():
 def test_answers_must_match_questions():
     with pytest.raises(ValueError, match="4 answers for 5 questions"):
         pope_metrics(["yes"] * 5, ["yes"] * 4)
+
+
+QUESTIONS = [{"question_id": i, "label": label} for i, label in enumerate(["yes", "no", "yes"], 1)]
+
+
+def test_answer_records_are_matched_by_question_id():
+    answers = [{"question_id": 1, "answer": "Yes"}, {"question_id": 2, "answer": "No, there is not."},
+               {"question_id": 3, "answer": ""}]
+    assert score_pope(QUESTIONS, answers) == pope_metrics(["yes", "no", "yes"], ["Yes", "No, there is not.", ""])
+
+
+def test_answer_records_out_of_order_or_missing_stop():
+    swapped = [{"question_id": 2, "answer": "No"}, {"question_id": 1, "answer": "Yes"}, {"question_id": 3, "answer": "Yes"}]
+    with pytest.raises(ValueError, match="prediction 1 is for question_id 2 but question 1 is 1: predictions out of order"):
+        score_pope(QUESTIONS, swapped)
+    with pytest.raises(ValueError, match="2 predictions for 3 questions"):
+        score_pope(QUESTIONS, swapped[:2])
+    with pytest.raises(ValueError, match="lacks 'question_id' or 'answer'"):
+        score_pope(QUESTIONS, [{"question_id": 1, "text": "Yes"}] * 3)

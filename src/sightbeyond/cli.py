@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--modality", choices=("image", "text"), required=True)
     s = sub.add_parser("eval_nlp", help="lm-evaluation-harness on an LLM")
     s.add_argument("--model", required=True, choices=("base", *VARIANTS))
-    s = sub.add_parser("eval_mm", help="POPE on an image-tuned model")
+    s = sub.add_parser("eval_mm", help="the multimodal benchmarks (MME, POPE, captions, COCO-C, Unicorn) on an image-tuned model")
     s.add_argument("--tuning", choices=("lora", "ft"), required=True)
     s = sub.add_parser("chain", help="one backbone's chain as a DVC experiment (the MLproject entry point)")
     s.add_argument("--backbone", required=True)

@@ -119,16 +119,14 @@ def caption(scene: list[Shape]) -> str:
 
 
 def conversation(scene: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
-    """Short multi-turn Q&A; the first question is a balanced yes/no about an object, as in LLaVA's conversations."""
+    """Short multi-turn Q&A opening with yes/no questions about objects, as in LLaVA's conversations: one about a shape
+    that is there and one about a shape that is not, in either order, so only the image tells the answers apart."""
     present = {s.kind: s for s in scene}
     absent = [k for k in SHAPES if k not in present]
-    turns = []
-    if rng.random() < 0.5:
-        s = rng.choice(scene)
-        turns.append((f"Is there {_article(s.kind)} {s.kind} in the image?", f"Yes, there is {_article(s.name)} {s.name} in the image."))
-    else:
-        k = rng.choice(absent)
-        turns.append((f"Is there {_article(k)} {k} in the image?", f"No, there is no {k} in the image."))
+    s, k = rng.choice(scene), rng.choice(absent)
+    turns = [(f"Is there {_article(s.kind)} {s.kind} in the image?", f"Yes, there is {_article(s.name)} {s.name} in the image."),
+             (f"Is there {_article(k)} {k} in the image?", f"No, there is no {k} in the image.")]
+    rng.shuffle(turns)
     asks = [
         lambda s: (f"What color is the {s.kind}?", f"The {s.kind} is {s.color}."),
         lambda s: (f"Where is the {s.kind} located?", f"The {s.name} is in the {CELLS[s.cell]} of the image."),
@@ -252,3 +250,205 @@ def generate(cfg: Synth, out: Path) -> None:
             (tmp / f"pope/coco_pope_{split}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
         write_nlp_fixtures(tmp / "nlp", seed=cfg.seed, n_truthfulqa=cfg.nlp_fixture_rows, n_ethics=cfg.nlp_fixture_rows)
+        write_mm_benchmarks(cfg, tmp)
+
+
+# Multimodal benchmarks (MME, Karpathy's caption splits, Unicorn) in their releases' layouts, from a random stream of
+# their own so that they and the data above never shift each other.
+
+FRENCH = {"red": "rouge", "green": "vert", "blue": "bleu", "yellow": "jaune", "purple": "violet", "white": "blanc"}
+OOD_SITUATIONS = ("iid", "occlusion", "context", "pose", "weather")  # OODCV's kinds of shift that ShapesWorld can show
+MME_FOLDERS_SPLIT = ("artwork", "celebrity", "landmark", "posters", "scene")  # images/ + questions_answers_YN/
+
+
+def write_mm_benchmarks(cfg: Synth, out: Path) -> None:
+    rng = random.Random(f"shapesworld-mm-{cfg.seed}")
+    write_mme(cfg, out / "mme", rng)
+    write_karpathy(cfg, out, rng)
+    write_unicorn(cfg, out / "unicorn/ood", rng)
+
+
+def _text_image(text: str, size: int, rng: random.Random) -> Image.Image:
+    from PIL import ImageFont
+
+    img = Image.new("RGB", (size, size), tuple(rng.randint(10, 50) for _ in range(3)))
+    ImageDraw.Draw(img).text((size / 2, size / 2), text, fill=(240, 240, 240), anchor="mm",
+                             font=ImageFont.load_default(size=max(8, size // 5)))
+    return img
+
+
+def _other(rng: random.Random, pool, *not_these):
+    return rng.choice([x for x in pool if x not in not_these])
+
+
+def mme_pair(subtask: str, scene: list[Shape], size: int, rng: random.Random) -> tuple[Image.Image, str, str]:
+    """An image and its two questions (the true one first, as MME's files), ShapesWorld's analogue of each subtask."""
+    s = rng.choice(scene)
+    kinds, colors, n = [x.kind for x in scene], [x.color for x in scene], len(scene)
+    word = rng.choice(sorted(COLORS))
+    match subtask:
+        case "existence":
+            yes, no = (f"Is there {_article(k)} {k} in this image?" for k in (s.kind, _other(rng, SHAPES, *kinds)))
+        case "count":
+            yes, no = (f"{'Are' if m > 1 else 'Is'} there exactly {m} shape{'s' * (m > 1)} in this image?"
+                       for m in (n, _other(rng, range(1, 5), n)))
+        case "position":
+            yes, no = (f"Is the {s.kind} in the {c} of the image?" for c in (CELLS[s.cell], _other(rng, CELLS, CELLS[s.cell])))
+        case "color":
+            yes, no = (f"Is the {s.kind} {c}?" for c in (s.color, _other(rng, sorted(COLORS), s.color)))
+        case "posters":
+            other = sample_scene(rng, n)
+            while {x.name for x in other} == {x.name for x in scene}:
+                other = sample_scene(rng, n)
+            yes, no = (f'Is this picture titled "{_listing(sc)}"?' for sc in (scene, other))
+        case "celebrity":
+            yes, no = (f"Is the {s.color} shape {_article(k)} {k}?" for k in (s.kind, _other(rng, SHAPES, s.kind)))
+        case "scene":
+            yes, no = (f"Does this image show shapes on a {tone} background?" for tone in ("dark", "bright"))
+        case "landmark":
+            yes, no = (f"Is there {_article(c)} {c} {s.kind} in this image?" for c in (s.color, _other(rng, sorted(COLORS), s.color)))
+        case "artwork":
+            yes, no = (f"Is this picture painted with some {c}?" for c in (s.color, _other(rng, sorted(COLORS), *colors)))
+        case "OCR":
+            yes, no = (f'Is the word in the image "{w}"?' for w in (word, _other(rng, sorted(COLORS), word)))
+            return _text_image(word, size, rng), f"{yes} Please answer yes or no.", f"{no} Please answer yes or no."
+        case "commonsense_reasoning":
+            yes, no = (f"If the {s.name} were removed, would {m} shape{'s' * (m != 1)} remain?" for m in (n - 1, n))
+        case "numerical_calculation":
+            total = sum(CORNERS[k] for k in kinds)
+            yes, no = (f"Do the shapes in the image have {t} corners altogether?" for t in (total, total + rng.randint(1, 3)))
+        case "text_translation":
+            yes, no = (f'Is it appropriate to translate the word in the image into English as "{w}"?'
+                       for w in (word, _other(rng, sorted(COLORS), word)))
+            return _text_image(FRENCH[word], size, rng), f"{yes} Please answer yes or no.", f"{no} Please answer yes or no."
+        case "code_reasoning":
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
+            yes, no = (f"Is the result of the expression in the image {r}?" for r in (a + b, a + b + rng.choice((-1, 1))))
+            return _text_image(f"{a}+{b}", size, rng), f"{yes} Please answer yes or no.", f"{no} Please answer yes or no."
+        case _:
+            raise ValueError(f"unknown MME subtask {subtask!r}")
+    return draw(scene, size, rng), f"{yes} Please answer yes or no.", f"{no} Please answer yes or no."
+
+
+def write_mme(cfg: Synth, out: Path, rng: random.Random) -> None:
+    """MME_Benchmark_release_version: two questions per image, cognition images as PNG, perception as JPEG."""
+    from sightbeyond.evaluation.mme import COGNITION, PERCEPTION
+
+    for subtask in PERCEPTION + COGNITION:
+        split = subtask in MME_FOLDERS_SPLIT
+        image_dir = out / subtask / "images" if split else out / subtask
+        qa_dir = out / subtask / "questions_answers_YN" if split else out / subtask
+        image_dir.mkdir(parents=True, exist_ok=True)
+        qa_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(cfg.mme_images):
+            img, yes, no = mme_pair(subtask, sample_scene(rng, rng.randint(1, cfg.max_shapes)), cfg.image_size, rng)
+            stem = f"{subtask.lower()}_{i:04d}"
+            img.save(image_dir / f"{stem}.{'png' if subtask in COGNITION else 'jpg'}")
+            (qa_dir / f"{stem}.txt").write_text(f"{yes}\tYes\n{no}\tNo\n")
+
+
+def caption_references(scene: list[Shape], rng: random.Random) -> list[str]:
+    """Five captions of one image by five "annotators": other words, other orders."""
+    n = len(scene)
+    templates = (
+        "{} on a dark background.", "A picture of {}.", "There " + ("is" if n == 1 else "are") + " {} in the image.",
+        "An image showing {} against a dark backdrop.", "{} drawn on a plain dark canvas.",
+    )
+    captions = [t.format(_listing(rng.sample(scene, n))) for t in templates]
+    return [c[0].upper() + c[1:] for c in captions]
+
+
+def write_karpathy(cfg: Synth, out: Path, rng: random.Random) -> None:
+    """Karpathy's `dataset_coco.json` (images under coco/<filepath>/) and `dataset_flickr30k.json`
+    (flickr30k/flickr30k-images/), each with a test and a train split."""
+    (out / "captions").mkdir(parents=True, exist_ok=True)
+    for dataset in ("coco", "flickr30k"):
+        images, sentid = [], 0
+        for split in ("test", "train"):
+            for _ in range(cfg.caption_images):
+                imgid = len(images)
+                scene = sample_scene(rng, rng.randint(1, cfg.max_shapes))
+                raws = caption_references(scene, rng)
+                sentences = [{"tokens": [w.strip(".") for w in raw.lower().split()], "raw": raw, "imgid": imgid,
+                              "sentid": sentid + k} for k, raw in enumerate(raws)]
+                record = {"sentids": list(range(sentid, sentid + len(raws))), "imgid": imgid, "sentences": sentences,
+                          "split": split}
+                sentid += len(raws)
+                if dataset == "coco":
+                    folder = "val2014" if split == "test" else "train2014"  # Karpathy's test images are val2014's
+                    cocoid = 800000 + imgid
+                    record |= {"filepath": folder, "filename": f"COCO_{folder}_{cocoid:012d}.jpg", "cocoid": cocoid}
+                    image_dir = out / "coco" / folder
+                else:
+                    record["filename"] = f"{700000 + imgid}.jpg"
+                    image_dir = out / "flickr30k/flickr30k-images"
+                image_dir.mkdir(parents=True, exist_ok=True)
+                draw(scene, cfg.image_size, rng).save(image_dir / record["filename"], quality=95)
+                images.append(record)
+        (out / f"captions/dataset_{dataset}.json").write_text(json.dumps({"images": images, "dataset": dataset}))
+
+
+def out_of_distribution(img: Image.Image, situation: str, rng: random.Random) -> Image.Image:
+    """OODCV's shifts on a ShapesWorld image: a bar hiding part of it, a bright background, a turn, or fog."""
+    size = img.width
+    match situation:
+        case "iid":
+            return img
+        case "occlusion":
+            y = rng.randint(0, size - size // 8)
+            ImageDraw.Draw(img).rectangle((0, y, size, y + size // 8), fill=(128, 128, 128))
+            return img
+        case "context":  # the background is the most frequent colour: no shape fills a fifth of the image
+            import numpy as np
+
+            pixels = np.array(img)
+            pixels[(pixels == max(img.getcolors(size * size))[1]).all(-1)] = [rng.randint(190, 240) for _ in range(3)]
+            return Image.fromarray(pixels)
+        case "pose":
+            return img.rotate(rng.choice((90, 180, 270)))
+        case "weather":
+            return Image.blend(img, Image.new("RGB", img.size, (200, 200, 205)), 0.45)
+    raise ValueError(f"unknown situation {situation!r}")
+
+
+def sketch(img: Image.Image) -> Image.Image:
+    """Dark outlines on white, as a hand-drawn sketch."""
+    from PIL import ImageFilter, ImageOps
+
+    edges = img.convert("L").filter(ImageFilter.FIND_EDGES).point(lambda v: 255 if v > 24 else 0)
+    return ImageOps.invert(ImageOps.expand(edges.crop((1, 1, img.width - 1, img.height - 1)), 1))  # no frame
+
+
+def write_unicorn(cfg: Synth, out: Path, rng: random.Random) -> None:
+    """Unicorn's `ood/`: OODCV-VQA (yes/no and counting on shifted images) and Sketchy-VQA (yes/no on sketches)."""
+    (out / "oodcv-vqa/images").mkdir(parents=True, exist_ok=True)
+    oodcv = []
+    for i in range(cfg.unicorn_images):
+        scene = sample_scene(rng, rng.randint(1, cfg.max_shapes))
+        situation = rng.choice(OOD_SITUATIONS)
+        name = f"images/oodcv_{i:05d}.jpg"
+        out_of_distribution(draw(scene, cfg.image_size, rng), situation, rng).save(out / "oodcv-vqa" / name, quality=95)
+        if rng.random() < 0.5:
+            kind = rng.choice([s.kind for s in scene]) if rng.random() < 0.5 else _other(rng, SHAPES, *(s.kind for s in scene))
+            truth = "Yes" if kind in {s.kind for s in scene} else "No"
+            question, options = f"Is there {_article(kind)} {kind} in the image?", ["A. Yes", "B. No"]
+            letter = "A" if truth == "Yes" else "B"
+        else:
+            truth = str(len(scene))
+            first, second = sorted([truth, str(_other(rng, range(6), len(scene)))])
+            question, options = "How many shapes are there in the image?", [f"A. {first}", f"B. {second}"]
+            letter = "A" if truth == first else "B"
+        oodcv.append({"image": name, "question": question, "answer": letter, "text_answer": truth, "options": options,
+                      "situation": situation})
+    (out / "oodcv-vqa/oodcv-vqa.json").write_text(json.dumps(oodcv, indent=1))
+
+    sketchy = []
+    for i in range(cfg.unicorn_images):
+        shape = sample_scene(rng, 1)
+        name = f"skechydata/png/{shape[0].kind}/{i}.png"  # sic: the release's folder name
+        (out / "sketchy-vqa" / name).parent.mkdir(parents=True, exist_ok=True)
+        sketch(draw(shape, cfg.image_size, rng)).save(out / "sketchy-vqa" / name)
+        kind = shape[0].kind if rng.random() < 0.5 else _other(rng, SHAPES, shape[0].kind)
+        sketchy.append({"image": name, "question": f"Is there {_article(kind)} {kind} in the image?",
+                        "answer": "Yes" if kind == shape[0].kind else "No"})
+    (out / "sketchy-vqa/sketchy-vqa.json").write_text(json.dumps(sketchy, indent=1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sightbeyond.evaluation.predictions import answers_in_order
+
 
 def parse_answer(text: str) -> str:
     """First sentence, commas dropped; "No", "not" or "no" among its words means no, anything else yes."""
@@ -29,3 +31,10 @@ def pope_metrics(labels: list[str], answers: list[str]) -> dict[str, float]:
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "yes_ratio": sum(preds) / len(preds),
     }
+
+
+def score_pope(questions: list[dict], predictions: list[dict]) -> dict[str, float]:
+    """POPE's questions (`question_id`, `label`) and its answer records (`question_id`, `answer`), checked in order."""
+    answers = answers_in_order([q["question_id"] for q in questions], predictions, key="question_id", answer="answer",
+                               what="POPE")
+    return pope_metrics([q["label"] for q in questions], answers)

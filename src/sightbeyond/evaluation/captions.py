@@ -1,0 +1,98 @@
+"""COCO and Flickr30k captioning on Karpathy's test split, scored with pycocoevalcap's CIDEr (x100).
+
+Karpathy's `dataset_coco.json` / `dataset_flickr30k.json`: `{"images": [{"filename", "split", "sentences": [{"raw"}],
+"filepath" (COCO only)}]}`; an image lies at `<images>/<filepath>/<filename>`. The paper's zero-shot prompt carries
+three text-only examples (the task's prompt and a training caption, no image), as OpenFlamingo's zero-shot evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+TRAIN_SPLITS = ("train", "restval")
+
+
+@dataclass(frozen=True)
+class CaptionImage:
+    key: str                    # the file name: unique in a Karpathy file, and what predictions are keyed by
+    path: Path
+    references: tuple[str, ...]
+
+
+def read_karpathy(path: Path, images: Path, split: str = "test") -> tuple[list[CaptionImage], list[str]]:
+    """The split's images with their reference captions, and the training captions (the in-context examples' pool)."""
+    try:
+        records = json.loads(Path(path).read_text())["images"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a Karpathy split file ({err!r})") from None
+    test, train = [], []
+    for n, rec in enumerate(records):
+        if not {"filename", "split", "sentences"} <= rec.keys():
+            raise ValueError(f"{path}: image {n}: expected filename, split and sentences, got keys {sorted(rec)}")
+        raws = [s["raw"].strip() for s in rec["sentences"]]
+        if rec["split"] == split:
+            if not raws:
+                raise ValueError(f"{path}: {rec['filename']} has no reference captions")
+            test.append(CaptionImage(rec["filename"], Path(images) / rec.get("filepath", "") / rec["filename"], tuple(raws)))
+        elif rec["split"] in TRAIN_SPLITS:
+            train += raws
+    if not test:
+        raise ValueError(f"{path}: no images in split {split!r}")
+    if len({t.key for t in test}) != len(test):
+        raise ValueError(f"{path}: file names repeat in split {split!r}")
+    return test, train
+
+
+def in_context_examples(train_captions: list[str], n: int, seed: int) -> list[str]:
+    if len(train_captions) < n:
+        raise ValueError(f"{n} in-context examples asked, the training split holds {len(train_captions)} captions")
+    return random.Random(seed).sample(train_captions, n)
+
+
+def caption_conversation(prompt: str, examples: list[str]) -> list[dict]:
+    messages = []
+    for caption in examples:
+        messages += [{"role": "user", "content": [{"type": "text", "text": prompt}]},
+                     {"role": "assistant", "content": [{"type": "text", "text": caption}]}]
+    return messages + [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+
+
+def require_java() -> None:
+    if shutil.which("java") is None:
+        raise FileNotFoundError("java not found: pycocoevalcap's PTB tokenizer (Stanford CoreNLP) runs on Java; "
+                                "install a JRE, e.g. `apt-get install default-jre-headless`")
+
+
+def _one_line(caption: str) -> str:
+    # pycocoevalcap replaces only "\n", but Java also ends lines at "\r" and "\u2028": such a caption would shift every
+    # later caption onto another image's tokens
+    return " ".join(caption.splitlines())
+
+
+def cider_scores(references: dict[str, list[str]], cells: dict[str, dict[str, str]]) -> dict[str, tuple[float, dict[str, float]]]:
+    """CIDEr x100 (and per image) of each cell's captions against the same references, as pycocoevalcap's COCOEvalCap.
+
+    PTBTokenizer works line by line, so all cells go through one Java process: the same tokens as one call per cell.
+    Every cell must caption exactly the referenced images, as pycocoevalcap asserts.
+    """
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    for name, captions in cells.items():
+        if captions.keys() != references.keys():
+            missing, extra = sorted(references.keys() - captions.keys()), sorted(captions.keys() - references.keys())
+            raise ValueError(f"{name}: captions do not match the references' images (missing {missing[:3]}, extra {extra[:3]})")
+    tokenizer = PTBTokenizer()
+    refs = tokenizer.tokenize({k: [{"caption": _one_line(c)} for c in v] for k, v in references.items()})
+    hyps = tokenizer.tokenize({(name, k): [{"caption": _one_line(c)}] for name, captions in cells.items()
+                               for k, c in captions.items()})
+    out = {}
+    for name, captions in cells.items():
+        keys = list(captions)
+        score, per_image = Cider().compute_score({k: refs[k] for k in keys}, {k: hyps[name, k] for k in keys})
+        out[name] = (100 * float(score), {k: 100 * float(s) for k, s in zip(keys, per_image)})
+    return out

@@ -1,0 +1,121 @@
+"""The eval_mm stage: ShapesWorld's benchmarks read back by the real-layout readers, bad inputs stopped, and (slow) a
+whole run logging one MLflow run per benchmark family, COCO-C's twelve cells included."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sightbeyond.config import load_params
+from sightbeyond.data.shapesworld import write_mm_benchmarks
+from sightbeyond.evaluation.mm_stage import load_benchmarks, load_image
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's PTB tokenizer runs on Java")
+
+
+def params_at(data: Path, **overrides):
+    paths = {"eval_mm.mme_dir": str(data / "mme"), "eval_mm.coco_karpathy": str(data / "captions/dataset_coco.json"),
+             "eval_mm.coco_images": str(data / "coco"),
+             "eval_mm.flickr30k_karpathy": str(data / "captions/dataset_flickr30k.json"),
+             "eval_mm.flickr30k_images": str(data / "flickr30k/flickr30k-images"),
+             "eval_mm.unicorn_dir": str(data / "unicorn/ood"),
+             "synth.mme_images": 3, "synth.caption_images": 5, "synth.unicorn_images": 6}
+    return load_params(ROOT / "params.yaml", overrides=paths | overrides)
+
+
+@needs_java
+def test_shapesworld_benchmarks_read_back_in_the_release_layouts(tmp_path):
+    params = params_at(tmp_path, **{"eval_mm.benchmarks": ["mme", "coco", "flickr30k", "coco_c", "unicorn"]})
+    write_mm_benchmarks(params.synth, tmp_path)
+    data = load_benchmarks(params.eval_mm)
+    mme = data["mme"]
+    assert len({q.subtask for q in mme}) == 12 and not {"landmark", "artwork"} & {q.subtask for q in mme}
+    assert len(mme) == 12 * 3 * 2
+    assert [q.truth for q in mme] == ["Yes", "No"] * (12 * 3)  # a true and a false question about each image
+    for name in ("coco", "flickr30k"):
+        test, train = data[name]
+        assert len(test) == 5 and len(train) == 5 * 5
+        assert all(len(t.references) == 5 for t in test)
+    assert {t.path.parent.name for t in data["coco"][0]} == {"val2014"}
+    assert len(data["unicorn"]["oodcv"]) == len(data["unicorn"]["sketch"]) == 6
+    assert {i["text_answer"] for i in data["unicorn"]["oodcv"]} <= {"Yes", "No", "0", "1", "2", "3", "4", "5"}
+
+    again = tmp_path / "again"
+    write_mm_benchmarks(params.synth, again)
+    for f in tmp_path.rglob("*"):
+        if f.is_file() and again not in f.parents:
+            assert f.read_bytes() == (again / f.relative_to(tmp_path)).read_bytes(), f  # seeded: the same bytes
+
+
+def test_missing_and_unreadable_images_stop(tmp_path):
+    params = params_at(tmp_path, **{"eval_mm.benchmarks": ["unicorn"]})
+    write_mm_benchmarks(params.synth, tmp_path)
+    victim = tmp_path / "unicorn/ood/oodcv-vqa/images/oodcv_00002.jpg"
+    victim.write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="oodcv_00002.jpg: unreadable image"):
+        load_image(victim)
+    victim.unlink()
+    with pytest.raises(FileNotFoundError, match="1 benchmark images missing.*oodcv_00002.jpg"):
+        load_benchmarks(params.eval_mm)
+
+
+def test_coco_c_needs_coco(tmp_path):
+    from sightbeyond.config import ConfigError
+
+    with pytest.raises(ConfigError, match="coco_c's relative drop is against coco"):
+        params_at(tmp_path, **{"eval_mm.benchmarks": ["coco_c"]})
+
+
+@needs_java
+@pytest.mark.slow
+def test_eval_mm_logs_every_family(params_for, mlflow_store, tmp_path, monkeypatch):
+    """A random tiny LLaVA on ShapesWorld's benchmarks: every family its own run, every COCO-C cell a metric."""
+    import json
+
+    import mlflow
+    from transformers import AutoProcessor
+
+    from sightbeyond.evaluation import mm_stage
+    from sightbeyond.model.llava import build_llava, load_processor
+    from sightbeyond.training.common import stage2_dir
+
+    data = tmp_path / "data"
+    params = params_for(**{
+        "eval_mm.mme_dir": str(data / "mme"), "eval_mm.coco_karpathy": str(data / "captions/dataset_coco.json"),
+        "eval_mm.coco_images": str(data / "coco"), "eval_mm.flickr30k_karpathy": str(data / "captions/dataset_flickr30k.json"),
+        "eval_mm.flickr30k_images": str(data / "flickr30k/flickr30k-images"), "eval_mm.unicorn_dir": str(data / "unicorn/ood"),
+        "eval_mm.pope_dir": str(data / "pope"), "eval_mm.pope_images": str(data / "coco/val2014"),
+        "eval_mm.splits": ["random"], "eval_mm.max_new_tokens": 4, "eval_mm.caption_max_new_tokens": 4,
+        "synth.mme_images": 1, "synth.caption_images": 3, "synth.unicorn_images": 2})
+    write_mm_benchmarks(params.synth, data)
+    (data / "pope").mkdir()
+    (data / "pope/coco_pope_random.json").write_text(  # a COCO test image of the captions serves POPE's two questions
+        "".join(json.dumps({"question_id": i, "image": "COCO_val2014_000000800000.jpg", "text": "Is there a star?",
+                            "label": label}) + "\n" for i, label in enumerate(["yes", "no"], 1)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SIGHTBEYOND_ROOT", str(tmp_path))
+    processor = load_processor(params)
+    model = build_llava(params, processor.tokenizer)
+    out = stage2_dir(params, "ft", "image")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    assert AutoProcessor.from_pretrained(out).chat_template
+
+    mm_stage.run(params, "ft")
+
+    runs = mlflow.search_runs(experiment_names=[params.tracking.experiment], filter_string="tags.stage = 'eval_mm'")
+    assert sorted(runs["tags.family"]) == sorted(["mme", "pope", "coco", "flickr30k", "coco_c", "unicorn"])
+    assert (runs.status == "FINISHED").all()
+    coco_c = runs[runs["tags.family"] == "coco_c"].iloc[0]
+    cells = [f"metrics.coco_c/{c}_{s}/cider" for c in ("gaussian_noise", "defocus_blur", "contrast", "brightness")
+             for s in (1, 3, 5)]
+    assert all(coco_c[c] >= 0 for c in cells)
+    results = json.loads((tmp_path / "results/eval_mm/tiny-ft-image.json").read_text())
+    for key in ["mme/perception", "mme/cognition", "mme/existence", "pope_random/acc", "coco/cider", "flickr30k/cider",
+                "coco_c/cider", "unicorn_oodcv/acc", "unicorn_sketch/acc", *(c.removeprefix("metrics.") for c in cells)]:
+        assert key in results
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(coco_c.run_id)}
+    assert "coco_c_predictions.json" in artifacts
