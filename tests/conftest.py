@@ -78,7 +78,7 @@ def tiny_project(tmp_path, params_for):
         conversations = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
                          for q, a in (line.split("? ", 1) for line in CORPUS if "? " in line)]
         save(lambda: ({"id": str(i), "messages": conversations[i % len(conversations)]} for i in range(rows)),
-             root / "data/prepared/text", with_image=False)
+             root / "data/prepared/full/text", with_image=False)
         write_nlp_fixtures(root / "data/shapesworld/nlp", seed=0, n_truthfulqa=8, n_ethics=8)
         return root
 

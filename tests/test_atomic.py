@@ -49,7 +49,8 @@ def test_prepare_stopped_by_a_bad_record_writes_no_prepared_data(params_for, tmp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SIGHTBEYOND_ROOT", str(tmp_path))
     with pytest.raises(BadRecord, match="record b: image .*gone.jpg not found"):
-        prepare.run(params)
-    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*"))
+        prepare.run(params, "instruct")
+    assert not (tmp_path / "data/prepared/full").exists()
+    assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]  # no scratch left either
     [run] = mlflow.search_runs(experiment_names=[params.tracking.experiment], output_format="list")
     assert run.info.status == "FAILED"

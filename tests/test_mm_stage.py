@@ -113,7 +113,7 @@ def test_eval_mm_logs_every_family(params_for, mlflow_store, tmp_path, monkeypat
     cells = [f"metrics.coco_c/{c}_{s}/cider" for c in ("gaussian_noise", "defocus_blur", "contrast", "brightness")
              for s in (1, 3, 5)]
     assert all(coco_c[c] >= 0 for c in cells)
-    results = json.loads((tmp_path / "results/eval_mm/tiny-ft-image.json").read_text())
+    results = json.loads((tmp_path / "results/eval_mm/tiny-full-ft-image.json").read_text())
     for key in ["mme/perception", "mme/cognition", "mme/existence", "pope_random/acc", "coco/cider", "flickr30k/cider",
                 "coco_c/cider", "unicorn_oodcv/acc", "unicorn_sketch/acc", *(c.removeprefix("metrics.") for c in cells)]:
         assert key in results

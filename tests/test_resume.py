@@ -30,7 +30,7 @@ def history(root) -> dict[str, list[tuple[int, float]]]:
 
 
 def adapter(root):
-    return load_file(str(root / "models/tiny/stage2/lora-text/adapter_model.safetensors"))
+    return load_file(str(root / "models/tiny/stage2/full/lora-text/adapter_model.safetensors"))
 
 
 @pytest.mark.slow
@@ -40,7 +40,7 @@ def test_a_killed_run_resumes_into_the_same_run_and_ends_as_an_uninterrupted_one
 
     killed = tiny_project("killed", **SETTINGS)
     proc = run_cli(killed, *STAGE2, wait=False)
-    work = killed / "checkpoints/tiny/lora-text"
+    work = killed / "checkpoints/tiny/full-lora-text"
     deadline = time.monotonic() + 300
     while not (work / "checkpoint-10/trainer_state.json").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
@@ -48,7 +48,7 @@ def test_a_killed_run_resumes_into_the_same_run_and_ends_as_an_uninterrupted_one
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert not (killed / "models/tiny/stage2/lora-text").exists()  # nothing DVC could take as complete
+    assert not (killed / "models/tiny/stage2/full/lora-text").exists()  # nothing DVC could take as complete
     run_cli(killed, *STAGE2)
 
     expected, got = history(straight), history(killed)

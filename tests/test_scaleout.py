@@ -35,5 +35,5 @@ def test_two_processes_give_the_loss_curve_of_one(tiny_project):
         assert run.data.params["stage2.global_batch_size"] == "8"
     assert [s for s, _ in curves["two"]] == [s for s, _ in curves["one"]] == [5, 10, 15, 20]
     assert [v for _, v in curves["two"]] == pytest.approx([v for _, v in curves["one"]], rel=TOLERANCE)
-    assert (two / "models/tiny/stage2/lora-text/adapter_model.safetensors").is_file()
-    assert not list((two / "models/tiny/stage2").glob(".*partial"))
+    assert (two / "models/tiny/stage2/full/lora-text/adapter_model.safetensors").is_file()
+    assert not list((two / "models/tiny/stage2/full").glob(".*partial"))

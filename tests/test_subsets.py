@@ -44,7 +44,7 @@ def test_each_set_is_drawn_from_its_file_seeded(params_for, instruct):
     assert {name: ids(subsets.subset_file(name, 10)) for name in first} == first  # same seed, same sets
     subsets.run(params_for(**{"prepare.instruct_dir": str(instruct), "subsets.size": 10, "subsets.seed": 2}))
     assert ids(subsets.subset_file("random20k", 10)) != first["random20k"]
-    assert instruct_file(params.model_copy(update={"grid": params.grid.model_copy(update={"data": "detail"})})) == \
+    assert instruct_file(params.model_copy(update={"data": "detail"})) == \
         subsets.subset_file("detail", 10)
 
 

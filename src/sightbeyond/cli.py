@@ -23,7 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("backbone", help="build the tiny backbone (tokenizer, LLaMA, CLIP) under models/backbones/tiny")
     sub.add_parser("check", help="validate params.yaml and resolve the backbone's weights; nothing else")
     sub.add_parser("subsets", help="the per-type ablation sets (seeded draws from the LLaVA-Instruct files)")
-    sub.add_parser("prepare", help="LLaVA-layout files into TRL datasets (stage 1, stage 2 image and text)")
+    s = sub.add_parser("prepare", help="LLaVA-layout files into TRL datasets (stage 1; stage 2 with images and text-only)")
+    s.add_argument("--split", choices=("stage1", "instruct"), required=True,
+                   help="stage1: the caption pairs; instruct: the instruction set `data` (-S data=...)")
     sub.add_parser("stage1", help="train the projector")
     for name, help_ in (("stage2", "visual instruction tuning"), ("extract", "the tuned LLM alone, LoRA merged")):
         s = sub.add_parser(name, help=help_)
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = _overrides(args.set)
         if args.command == "chain":
             overrides |= {"backbone": args.backbone, "grid.tuning": [args.tuning], "grid.modality": [args.modality],
-                          "grid.data": args.data, "preset": None if args.preset == "backbone" else args.preset}
+                          "grid.data": [args.data], "preset": None if args.preset == "backbone" else args.preset}
         params = load_params(overrides=overrides)
         # missing weights stop every stage in seconds, before data is read
         if args.command in ("check", "stage1", "eval_mm") or (args.command == "stage2" and args.modality == "image"):
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             case "prepare":
                 from sightbeyond.data.prepare import run
 
-                run(params)
+                run(params, args.split)
             case "stage1":
                 from sightbeyond.training.stage1 import run
 

@@ -39,7 +39,7 @@ class Backbone(Strict):
 class Grid(Strict):
     tuning: list[Tuning]
     modality: list[Modality]
-    data: InstructData = "full"
+    data: list[InstructData]
 
 
 class Tracking(Strict):
@@ -59,6 +59,7 @@ class Synth(Strict):
     mme_images: PositiveInt = 4             # per MME subtask, two questions each
     caption_images: PositiveInt = 20        # per Karpathy split (test, train) of COCO and of Flickr30k
     unicorn_images: PositiveInt = 40        # per Unicorn task (OODCV-VQA, Sketchy-VQA)
+    text_documents: PositiveInt = 2000      # the tiny LLM's pretraining text
 
 
 class TinyLLM(Strict):
@@ -232,6 +233,7 @@ class EvalMM(Strict):
 
 class Params(Strict):
     backbone: str
+    data: InstructData = "full"  # the instruction set one command works on; dvc.yaml passes each of grid.data
     launch: str = "sightbeyond"  # the training stages' command in dvc.yaml (`accelerate launch ... -m sightbeyond`)
     preset: str | None = None
     grid: Grid

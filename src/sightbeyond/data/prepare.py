@@ -14,9 +14,11 @@ from sightbeyond.io import atomic_dir
 PREPARED = Path("data/prepared")
 
 
-def split_dir(name: str) -> Path:
-    """`stage1`, `image` or `text`, or a path to a prepared split."""
-    return PREPARED / name if name in ("stage1", "image", "text") else Path(name)
+def split_dir(name: str, data: str = "full") -> Path:
+    """`stage1`, or `image` / `text` of the instruction set `data`, or a path to a prepared split."""
+    if name == "stage1":
+        return PREPARED / "stage1"
+    return PREPARED / data / name if name in ("image", "text") else Path(name)
 
 
 def features(with_image: bool):
@@ -35,46 +37,50 @@ def save(rows: Callable[[], Iterator[dict]], out: Path, *, with_image: bool) -> 
     from datasets import Dataset
     from datasets.exceptions import DatasetGenerationError
 
-    scratch = out.with_name(out.name + ".build")  # a fresh cache: a datasets cache keyed on code alone could be stale
+    scratch = out.with_name(f".{out.name}.build")  # a fresh cache: a datasets cache keyed on code alone could be stale
     try:
         dataset = Dataset.from_generator(rows, features=features(with_image), cache_dir=str(scratch))
+        dataset.save_to_disk(str(out))
+        del dataset
     except DatasetGenerationError as err:  # the bad record's own error, not datasets' wrapper
         raise (err.__cause__ or err) from None
-    dataset.save_to_disk(str(out))
-    del dataset
-    shutil.rmtree(scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def instruct_file(params: Params) -> Path:
     """`data: full` is the mixed 80k file as released; the ablation sets come from the `subsets` stage."""
-    if params.grid.data == "full":
+    if params.data == "full":
         return find_file(params.prepare.instruct_dir, INSTRUCT_FILES["full"])
     from sightbeyond.data.subsets import subset_file
 
-    return subset_file(params.grid.data, params.subsets.size)
+    return subset_file(params.data, params.subsets.size)
 
 
-def run(params: Params) -> None:
+def run(params: Params, split: str) -> None:
+    """`split` is `stage1` (the caption pairs) or `instruct` (the instruction set `params.data`, with images and
+    text-only)."""
     import mlflow
 
     from sightbeyond.tracking.runs import stage_run
 
     cfg = params.prepare
-    instruct = instruct_file(params)
-    with stage_run("prepare", params, name=f"prepare-{params.grid.data}", param_sections=("prepare",),
-                   inputs=[cfg.stage1_file.parent, instruct.parent]), atomic_dir(PREPARED) as out:
-        reports = {"stage1": Report()}
-        save(lambda: read_llava_file(cfg.stage1_file, cfg.stage1_images, on_bad_record=cfg.on_bad_record, with_image=True,
-                                     plain=True, report=reports["stage1"]), out / "stage1", with_image=True)
-        for modality in ("image", "text"):
-            reports[modality] = Report()
-            save(lambda: read_llava_file(instruct, cfg.instruct_images, on_bad_record=cfg.on_bad_record,
-                                         with_image=modality == "image", report=reports[modality]),
-                 out / modality, with_image=modality == "image")
-        summary = {name: r.as_dict() for name, r in reports.items()} | {"instruct_file": str(instruct)}
+    if split == "stage1":
+        source, images, final, parts = cfg.stage1_file, cfg.stage1_images, split_dir("stage1"), {"stage1": True}
+    else:
+        source, images, final, parts = instruct_file(params), cfg.instruct_images, PREPARED / params.data, {"image": True, "text": False}
+    name = f"prepare-{'stage1' if split == 'stage1' else params.data}"
+    with stage_run("prepare", params, name=name, param_sections=("prepare",), inputs=[source.parent]), atomic_dir(final) as out:
+        reports = {}
+        for part, with_image in parts.items():
+            reports[part] = Report()
+            save(lambda: read_llava_file(source, images, on_bad_record=cfg.on_bad_record, with_image=with_image,
+                                         plain=split == "stage1", report=reports[part]),
+                 out if split == "stage1" else out / part, with_image=with_image)
+        summary = {part: r.as_dict() for part, r in reports.items()} | {"source": str(source)}
         (out / "report.json").write_text(json.dumps(summary, indent=2))
-        mlflow.log_metrics({f"{name}/{k}": v for name, r in reports.items() for k, v in r.as_dict().items() if k != "reasons"})
+        mlflow.log_metrics({f"{part}/{k}": v for part, r in reports.items() for k, v in r.as_dict().items() if k != "reasons"})
         mlflow.log_dict(summary, "prepare_report.json")
-        for name, r in reports.items():
+        for part, r in reports.items():
             if r.skipped:
-                print(f"prepare: skipped {sum(r.skipped.values())} bad records of {r.read} in {name}: {dict(r.skipped)}")
+                print(f"prepare: skipped {sum(r.skipped.values())} bad records of {r.read} in {part}: {dict(r.skipped)}")

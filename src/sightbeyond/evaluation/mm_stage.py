@@ -251,7 +251,7 @@ def run(params: Params, tuning: Tuning) -> None:
     data = load_benchmarks(cfg)
     model, processor = load_tuned(params, tuning, "image")
     ask = Generator(model, processor, cfg)
-    name = variant(tuning, "image")
+    name = f"{params.data}-{variant(tuning, 'image')}"
     metrics: dict[str, float] = {}
     for family in sorted(cfg.benchmarks, key=list(FAMILIES).index):  # coco before coco_c, which compares with it
         with stage_run("eval_mm", params, name=f"eval_mm-{params.backbone}-{name}-{family}",

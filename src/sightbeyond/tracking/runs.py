@@ -67,7 +67,7 @@ def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | N
     mlflow.set_experiment(params.tracking.experiment)
     # `mlflow run` exports its own run's id; left in place, every stage would write into that one run
     parent = os.environ.pop("MLFLOW_RUN_ID", None)
-    all_tags = {"stage": stage, "backbone": params.backbone, "data": params.grid.data, "preset": params.preset_name, **(tags or {})}
+    all_tags = {"stage": stage, "backbone": params.backbone, "data": params.data, "preset": params.preset_name, **(tags or {})}
     if experiment := os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`: the report can select one experiment
         all_tags["dvc_exp"] = experiment
     if commit := _git("rev-parse", "HEAD"):

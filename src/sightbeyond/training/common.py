@@ -21,16 +21,16 @@ def variant(tuning: str, modality: str) -> str:
 
 
 def stage2_dir(params: Params, tuning: str, modality: str) -> Path:
-    return MODELS / params.backbone / "stage2" / variant(tuning, modality)
+    return MODELS / params.backbone / "stage2" / params.data / variant(tuning, modality)
 
 
 def trainer_dir(params: Params, name: str) -> Path:
     """The Trainer's own working directory (logs, checkpoints): outside the DVC outputs, which hold only the result."""
-    return Path("checkpoints") / params.backbone / name
+    return Path("checkpoints") / params.backbone / (name if name == "stage1" else f"{params.data}-{name}")
 
 
 def extracted_dir(params: Params, tuning: str, modality: str) -> Path:
-    return MODELS / params.backbone / "llm" / variant(tuning, modality)
+    return MODELS / params.backbone / "llm" / params.data / variant(tuning, modality)
 
 
 def world_size() -> int:

@@ -31,7 +31,7 @@ def run(params: Params, split: str, n: int, *, as_json: bool) -> None:
 
     from sightbeyond.model.llava import load_processor, load_tokenizer
 
-    dataset = load_from_disk(str(split_dir(split)))
+    dataset = load_from_disk(str(split_dir(split, params.data)))
     rows = [dataset[i] for i in range(min(n, len(dataset)))]
     template = "plain" if split == "stage1" else None
     processing = load_processor(params, template) if "images" in dataset.column_names else load_tokenizer(params, template)

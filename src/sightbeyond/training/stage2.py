@@ -41,11 +41,11 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     else:
         processing = tokenizer = load_tokenizer(params)
         model = load_llm(params, tokenizer)
-    dataset = load_from_disk(str(split_dir(modality)), keep_in_memory=True)  # TRL's map must not write caches into a DVC output
-    inputs = [split_dir(modality)] + ([stage1_dir(params)] if modality == "image" else [])
+    dataset = load_from_disk(str(split_dir(modality, params.data)), keep_in_memory=True)  # TRL's map must not write caches into a DVC output
+    inputs = [split_dir(modality, params.data)] + ([stage1_dir(params)] if modality == "image" else [])
     work = trainer_dir(params, variant(tuning, modality))
 
-    with resumable_run("stage2", params, name=f"stage2-{params.backbone}-{variant(tuning, modality)}",
+    with resumable_run("stage2", params, name=f"stage2-{params.backbone}-{params.data}-{variant(tuning, modality)}",
                        tags={"tuning": tuning, "modality": modality}, param_sections=("model", "stage2"), hparams=hparams,
                        inputs=inputs, trainer_dir=work, fingerprint=fingerprint(params, inputs, tuning=tuning, modality=modality)
                        ) as resume, atomic_dir(out) as tmp:
