@@ -59,7 +59,6 @@ class Synth(Strict):
     mme_images: PositiveInt = 4             # per MME subtask, two questions each
     caption_images: PositiveInt = 20        # per Karpathy split (test, train) of COCO and of Flickr30k
     unicorn_images: PositiveInt = 40        # per Unicorn task (OODCV-VQA, Sketchy-VQA)
-    text_documents: PositiveInt = 2000      # the tiny LLM's pretraining text
 
 
 class TinyLLM(Strict):

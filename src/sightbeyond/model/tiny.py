@@ -21,16 +21,35 @@ SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]  # eos != 2: CLIP'
 
 
 def corpus(synth_dir: Path) -> tuple[list[str], list[tuple[Path, str]]]:
-    """Texts for the LLM (captions and instruction turns) and image-caption pairs for CLIP, from the stage-1/2 files."""
+    """Texts for the LLM (captions, caption requests in chat form, instruction turns) and image-caption pairs for CLIP."""
     chat = json.loads((synth_dir / "cc3m/chat.json").read_text())
     pairs = [(synth_dir / "cc3m/images" / r["image"], r["conversations"][1]["value"]) for r in chat]
-    texts = [caption for _, caption in pairs]
+    texts = [caption for _, caption in pairs] + chat_texts(chat, seed=0)
     for f in sorted((synth_dir / "instruct").glob("*.json")):
         if f.name.startswith("llava_instruct"):
             continue
         for r in json.loads(f.read_text()):
             texts.append(" ".join(t["value"].replace("<image>", "").strip() for t in r["conversations"]))
     return texts, pairs
+
+
+def chat_texts(chat: list[dict], seed: int) -> list[str]:
+    """The stage-1 caption requests rendered, text only, in the conversation templates (v0, v1, llama_2).
+
+    A hub LLM's tokenizer and weights know the templates' English (system prompts, USER/ASSISTANT); ours must learn it
+    here, or a prompt becomes hundreds of single-character tokens, far past the positions the tiny LLM was trained on.
+    """
+    from sightbeyond.model.llava import chat_template
+
+    bootstrap = train_tokenizer([r["conversations"][1]["value"] for r in chat[:50]], vocab_size=300)
+    rng, names = random.Random(seed), ("v0", "v1", "llama_2")
+    out = []
+    for r in chat:
+        q, a = (t["value"].replace("<image>", "").strip() for t in r["conversations"][:2])
+        bootstrap.chat_template = chat_template(rng.choice(names))
+        out.append(bootstrap.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                                                 tokenize=False).replace("<s>", "").replace("</s>", ""))
+    return out
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
