@@ -1,25 +1,173 @@
-"""The step-wise evaluator (tasks built once, reused every step) scores exactly as a fresh lm-eval run does."""
+"""The step-wise evaluator gives HFLM's per-document results, follows the weights, and keeps the best step's model."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 from lm_eval.models.huggingface import HFLM
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from sightbeyond.config import ConfigError, Stage2
 from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
-from sightbeyond.evaluation.nlp import TASKS, evaluate_llm, evaluate_loaded, load_tasks
+from sightbeyond.evaluation.nlp import evaluate_loaded, fixed_subsample, load_tasks
+from sightbeyond.evaluation.stepwise_eval import StepwiseEvaluator
+from sightbeyond.training.stepwise import BEST, StepwiseEval
+
+DEFAULT = Stage2.model_fields["stepwise_tasks"].default
+# every loglikelihood benchmark: shared primers (TruthfulQA), one-token choices (ETHICS, BoolQ), a group of five-shot
+# subjects (MMLU), seeded four-shot prompts (MathQA)
+LOGLIKELIHOOD = [*DEFAULT, "truthfulqa_mc2", "mmlu", "mathqa", "boolq"]
 
 
-def test_reused_tasks_follow_the_weights_and_match_a_fresh_run(tiny_backbone, tmp_path):
-    write_nlp_fixtures(tmp_path, seed=1, n_truthfulqa=6, n_ethics=6)
-    model = AutoModelForCausalLM.from_pretrained(tiny_backbone / "llm")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone / "llm")
-    tasks = load_tasks(TASKS, tmp_path)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
-    for _ in range(2):  # the second pass sees changed weights through the same task objects
-        reused = evaluate_loaded(lm, tasks)
-        fresh = evaluate_llm(model, tokenizer, TASKS, tmp_path, batch_size=4).metrics
-        assert reused == {k: v for k, v in fresh.items() if not k.endswith("_stderr")}
+@pytest.fixture(autouse=True)
+def one_thread():
+    # These models are tiny: on a shared machine more threads mostly wait for each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def model_and_tokenizer(tiny_backbone):
+    return (AutoModelForCausalLM.from_pretrained(tiny_backbone / "llm").eval(),
+            AutoTokenizer.from_pretrained(tiny_backbone / "llm"))
+
+
+def assert_same_documents(fast, reference) -> None:
+    assert fast.docs.keys() == reference.samples.keys()
+    for task, docs in fast.docs.items():
+        assert [d.doc_id for d in docs] == [s["doc_id"] for s in reference.samples[task]]
+        for doc, sample in zip(docs, reference.samples[task]):
+            lls = [r[0][0] for r in sample["resps"]]
+            assert doc.loglikelihoods == pytest.approx(lls, rel=1e-5, abs=1e-4), (task, doc.doc_id)  # fp32 sums
+            assert doc.is_greedy == [r[0][1] for r in sample["resps"]]
+            assert max(range(len(lls)), key=lls.__getitem__) == max(range(len(lls)), key=doc.loglikelihoods.__getitem__)
+            assert doc.values == pytest.approx({m: sample[m] for m in doc.values}, abs=1e-4)
+
+
+def test_same_per_document_results_as_hflm_as_the_weights_change(model_and_tokenizer, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    write_nlp_fixtures(tmp_path, seed=1, n_truthfulqa=6, n_ethics=10, n_other=4)
+    tasks = load_tasks(LOGLIKELIHOOD, "fixture", tmp_path)
+    samples = fixed_subsample(tasks, 7)
+    evaluator = StepwiseEvaluator(model, tokenizer, tasks, samples=samples, batch_size=4)
+    hflm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
+    for _ in range(2):  # the second pass sees changed weights through the same prepared requests
+        fast, reference = evaluator.run(), evaluate_loaded(hflm, tasks, samples=samples, log_samples=True)
+        assert_same_documents(fast, reference)
+        assert fast.metrics == pytest.approx(reference.metrics, abs=1e-6)
+        assert {"truthfulqa_mc1/acc", "ethics/acc", "mmlu/acc", "mathqa/acc"} <= fast.metrics.keys()
         with torch.no_grad():
             for p in model.parameters():
-                p.add_(torch.randn_like(p))
+                p.add_(0.05 * torch.randn_like(p))
+
+
+def test_lora_unmerged(model_and_tokenizer, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = model_and_tokenizer
+    write_nlp_fixtures(tmp_path, n_truthfulqa=4, n_ethics=6)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():  # LoRA starts as a no-op: give the adapters weight
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    base = peft.get_base_model().eval()  # what the step-wise callback evaluates
+    tasks = load_tasks(["truthfulqa_mc1", "ethics_deontology"], "fixture", tmp_path)
+    fast = StepwiseEvaluator(base, tokenizer, tasks, batch_size=4).run()
+    assert_same_documents(fast, evaluate_loaded(HFLM(pretrained=base, tokenizer=tokenizer, batch_size=4), tasks,
+                                                log_samples=True))
+    with peft.disable_adapter():
+        plain = StepwiseEvaluator(base, tokenizer, tasks, batch_size=4).run()
+    assert any(a.loglikelihoods != b.loglikelihoods for a, b in zip(fast.docs["ethics_deontology"], plain.docs["ethics_deontology"]))
+
+
+def test_all_documents_and_truncated_prompts(model_and_tokenizer, tmp_path):
+    # MMLU's five shots overflow the model's 256 positions: both truncate the same requests from the left
+    model, tokenizer = model_and_tokenizer
+    write_nlp_fixtures(tmp_path, seed=2, n_truthfulqa=3, n_ethics=5)
+    tasks = load_tasks(["mmlu", "ethics_utilitarianism"], "fixture", tmp_path)
+    fast = StepwiseEvaluator(model, tokenizer, tasks, batch_size=3).run()
+    assert_same_documents(fast, evaluate_loaded(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=3), tasks,
+                                                log_samples=True))
+    assert len(fast.docs["ethics_utilitarianism"]) == 5
+
+
+def test_fixed_subsample_is_seeded_and_spread(tmp_path):
+    write_nlp_fixtures(tmp_path, n_truthfulqa=20, n_ethics=30)
+    tasks = load_tasks(DEFAULT, "fixture", tmp_path)
+    first, again = fixed_subsample(tasks, 8), fixed_subsample(tasks, 8)
+    assert first == again and set(first) == set(DEFAULT)
+    assert all(len(ids) == 8 and ids == sorted(ids) for ids in first.values()) and first["ethics_cm"] != list(range(8))
+    assert fixed_subsample(tasks, None) is None and len(fixed_subsample(tasks, 100)["ethics_cm"]) == 30
+
+
+def test_generation_tasks_are_refused(model_and_tokenizer, tmp_path):
+    write_nlp_fixtures(tmp_path, n_truthfulqa=3, n_ethics=3, n_other=2)
+    with pytest.raises(ValueError, match="gsm8k is generate_until"):
+        StepwiseEvaluator(*model_and_tokenizer, load_tasks(["gsm8k"], "fixture", tmp_path))
+
+
+def _state(step: int, max_steps: int = 10):
+    return SimpleNamespace(global_step=step, max_steps=max_steps, is_world_process_zero=True)
+
+
+def test_callback_logs_each_step_and_keeps_the_best_model(model_and_tokenizer, tmp_path, mlflow_store, monkeypatch):
+    import mlflow
+
+    model, tokenizer = model_and_tokenizer
+    write_nlp_fixtures(tmp_path / "nlp", n_truthfulqa=4, n_ethics=4)
+    args = SimpleNamespace(output_dir=str(tmp_path / "trainer"))
+    values = iter([0.5, 0.75, 0.25, 0.75, 1.0])  # the metric at steps 0, 2, 4, 6, 8
+    kept: list[str] = []
+    run_evaluator = StepwiseEvaluator.run
+    monkeypatch.setattr(StepwiseEvaluator, "run", lambda self: SimpleNamespace(
+        metrics=run_evaluator(self).metrics | {"truthfulqa_mc1/acc": next(values)}))
+    monkeypatch.setattr(StepwiseEval, "_keep", staticmethod(lambda out, model, processing: kept.append(out.name)))
+    mlflow.set_tracking_uri(f"sqlite:///{mlflow_store}")
+    with mlflow.start_run() as run:
+        callback = StepwiseEval(tokenizer, DEFAULT, tmp_path / "nlp", every=2, limit=3, batch_size=4,
+                                best_metric="truthfulqa_mc1/acc")
+        callback.on_train_begin(args, _state(0), None, model=model.train(), processing_class=tokenizer)
+        for step in range(1, 9):
+            callback.on_step_end(args, _state(step), None, model=model, processing_class=tokenizer)
+        history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "truthfulqa_mc1/acc")
+        assert [(m.step, m.value) for m in history] == [(0, 0.5), (2, 0.75), (4, 0.25), (6, 0.75), (8, 1.0)]
+        assert "ethics/acc" in mlflow.get_run(run.info.run_id).data.metrics and model.training
+        tags = mlflow.get_run(run.info.run_id).data.tags
+        assert (tags["best_step"], float(tags["best_value"])) == ("8", 1.0) and kept == [BEST] * 3
+
+        # a resumed run: the steps it holds are not logged again, and the best so far is the one it was tagged with
+        resumed = StepwiseEval(tokenizer, DEFAULT, tmp_path / "nlp", every=2, limit=3, batch_size=4, logged_through=8,
+                               best_metric="truthfulqa_mc1/acc")
+        resumed.on_train_begin(args, _state(8), None, model=model, processing_class=tokenizer)
+        assert resumed.best_value == 1.0 and resumed.last_step is None
+
+
+def test_best_model_is_saved(model_and_tokenizer, tmp_path, mlflow_store):
+    import mlflow
+
+    model, tokenizer = model_and_tokenizer
+    write_nlp_fixtures(tmp_path / "nlp", n_truthfulqa=3, n_ethics=3)
+    mlflow.set_tracking_uri(f"sqlite:///{mlflow_store}")
+    (tmp_path / "output").mkdir()
+    with mlflow.start_run() as run:
+        callback = StepwiseEval(tokenizer, DEFAULT, tmp_path / "nlp", every=5, limit=None, batch_size=4,
+                                best_metric="ethics/acc")
+        callback.on_train_begin(SimpleNamespace(output_dir=str(tmp_path / "trainer")), _state(0), None, model=model,
+                                processing_class=tokenizer)
+    assert (tmp_path / "trainer" / BEST / "tokenizer.json").exists()
+    assert mlflow.get_run(run.info.run_id).data.tags["best_step"] == "0"
+    callback.move_best(tmp_path / "output")  # the Trainer's directory goes at the end of stage 2
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "output" / BEST)
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), model.state_dict().values()))
+    assert not (tmp_path / "trainer" / BEST).exists()
+
+
+def test_best_metric_must_be_a_stepwise_metric(tmp_path, model_and_tokenizer):
+    write_nlp_fixtures(tmp_path, n_truthfulqa=3, n_ethics=3)
+    with pytest.raises(ConfigError, match="mmlu/acc"):
+        StepwiseEval(model_and_tokenizer[1], DEFAULT, tmp_path, every=5, limit=None, batch_size=4, best_metric="mmlu/acc")

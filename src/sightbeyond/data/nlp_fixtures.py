@@ -1,13 +1,15 @@
-"""Small TruthfulQA / ETHICS files in the official raw layouts, for tests and the embedded default.
+"""Small files of the NLP benchmarks in their official release layouts, for tests and the embedded default.
 
-The layouts are those of the authors' releases (TruthfulQA.csv; the ETHICS archive's *_test.csv),
-so the same importer reads these fixtures and the real files. The text comes from templates and
-word lists, drawn with a seeded random.Random: a seed always gives the same bytes.
+The layouts are those of the releases (TruthfulQA.csv; the ETHICS archive's *_test.csv; MMLU's data/{dev,test}
+CSVs; GSM8K's and BoolQ's JSON lines; MathQA's and SQuAD v2's JSON), so the same readers read these fixtures and
+the real files. The text comes from templates and word lists, drawn with a seeded random.Random: a seed always gives
+the same bytes.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -225,32 +227,192 @@ def _utilitarianism_rows(rng: random.Random, n: int) -> Iterable[list[str]]:
         yield [start + better, start + worse]
 
 
+# --- MMLU -------------------------------------------------------------------------------------
+
+# the 57 subjects of the release, each a pair data/dev/<subject>_dev.csv, data/test/<subject>_test.csv
+MMLU_SUBJECTS = (
+    "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge", "college_biology",
+    "college_chemistry", "college_computer_science", "college_mathematics", "college_medicine", "college_physics",
+    "computer_security", "conceptual_physics", "econometrics", "electrical_engineering", "elementary_mathematics",
+    "formal_logic", "global_facts", "high_school_biology", "high_school_chemistry", "high_school_computer_science",
+    "high_school_european_history", "high_school_geography", "high_school_government_and_politics",
+    "high_school_macroeconomics", "high_school_mathematics", "high_school_microeconomics", "high_school_physics",
+    "high_school_psychology", "high_school_statistics", "high_school_us_history", "high_school_world_history",
+    "human_aging", "human_sexuality", "international_law", "jurisprudence", "logical_fallacies", "machine_learning",
+    "management", "marketing", "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition",
+    "philosophy", "prehistory", "professional_accounting", "professional_law", "professional_medicine",
+    "professional_psychology", "public_relations", "security_studies", "sociology", "us_foreign_policy", "virology",
+    "world_religions",
+)
+_MMLU_DEV = 5  # the 5 shots
+
+
+def _mmlu_rows(subject: str) -> _Rows:
+    topic = subject.replace("_", " ")
+
+    def rows(rng: random.Random, n: int) -> Iterable[list[str]]:
+        for _ in range(n):  # no header: question, A, B, C, D, the answer's letter
+            values = rng.sample(range(2, 99), 4)
+            kind, pick = rng.choice([("largest", max), ("smallest", min)])
+            question = f"An exam in {topic} lists the numbers {', '.join(map(str, values))}. Which is the {kind}?"
+            yield [question, *map(str, values), "ABCD"[values.index(pick(values))]]
+
+    return rows
+
+
+# --- GSM8K -------------------------------------------------------------------------------------
+
+_NAMES = ["Natalia", "Weng", "Betty", "Julie", "James", "Albert", "Ken", "Alexis"]
+_THINGS = ["apples", "clips", "stamps", "marbles", "books", "pencils"]
+
+
+def _gsm8k_records(rng: random.Random, n: int) -> Iterable[dict]:
+    for _ in range(n):
+        name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
+        a, b, k = rng.randint(3, 60), rng.randint(2, 40), rng.randint(2, 5)
+        total = (a + b) * k
+        yield {
+            "question": f"{name} had {a} {thing} and bought {b} more. Then {name} collected {k} times as many {thing} "
+                        f"as that. How many {thing} does {name} have at the end?",
+            "answer": f"{name} had {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {thing}.\n"
+                      f"At the end {name} has {a + b} * {k} = <<{a + b}*{k}={total}>>{total} {thing}.\n#### {total}",
+        }
+
+
+# --- MathQA ------------------------------------------------------------------------------------
+
+
+def _mathqa_records(rng: random.Random, n: int) -> Iterable[dict]:
+    for _ in range(n):
+        hours = rng.randint(2, 9)
+        speed = rng.randint(20, 90)
+        distance = speed * hours
+        options = sorted(rng.sample([v for v in range(speed - 12, speed + 13) if v != speed], 4) + [speed])
+        letter = "abcde"[options.index(speed)]
+        yield {
+            "Problem": f"a train covers {distance} km in {hours} hours . what is its speed in km / hr ?",
+            "Rationale": f"\"speed = distance / time = {distance} / {hours} = {speed} km / hr . answer : {letter}\"",
+            "options": " , ".join(f"{c} ) {v}" for c, v in zip("abcde", options)),
+            "correct": letter,
+            "annotated_formula": "divide(n0, n1)",
+            "linear_formula": "divide(n0,n1)|",
+            "category": "physics",
+        }
+
+
+# --- SQuAD v2 ----------------------------------------------------------------------------------
+
+# (title, context, answerable questions with their answers, unanswerable questions with a plausible answer)
+_ARTICLES = [
+    ("Shapes_World",
+     "Shapes World is a flat country of circles, squares and triangles. Its capital, Trigon, was founded in 1852 "
+     "by a red triangle named Ada. The country is famous for its blue lakes and its annual parade of stars.",
+     [("When was Trigon founded?", "1852"), ("Who founded Trigon?", "a red triangle named Ada"),
+      ("What is Shapes World famous for?", "its blue lakes")],
+     [("When was Shapes World's parade abolished?", "annual"), ("Which square founded Trigon?", "Ada")]),
+    ("Colour_Theory",
+     "In Shapes World every shape has one of six colours. Green shapes are the most common and purple ones the "
+     "rarest. Children learn the colours in their first year of school, together with counting to ten.",
+     [("How many colours can a shape have?", "six"), ("Which shapes are the rarest?", "purple ones"),
+      ("When do children learn the colours?", "in their first year of school")],
+     [("Which colour did Ada dislike?", "purple"), ("How many shapes are green?", "most common")]),
+]
+
+
+def _squad_release(rng: random.Random, n: int) -> dict:
+    questions = [(a, q, answer, True) for a, (_, _, answerable, _) in enumerate(_ARTICLES) for q, answer in answerable]
+    questions += [(a, q, plausible, False) for a, (_, _, _, unanswerable) in enumerate(_ARTICLES) for q, plausible in unanswerable]
+    data = [{"title": title, "paragraphs": [{"qas": [], "context": context}]} for title, context, _, _ in _ARTICLES]
+    for i in sorted(rng.sample(range(len(questions)), min(n, len(questions)))):
+        a, question, text, answerable = questions[i]
+        span = {"text": text, "answer_start": _ARTICLES[a][1].index(text)}
+        qid = f"{rng.getrandbits(96):024x}"
+        qa = ({"question": question, "id": qid, "answers": [span], "is_impossible": False} if answerable else
+              {"plausible_answers": [span], "question": question, "id": qid, "answers": [], "is_impossible": True})
+        data[a]["paragraphs"][0]["qas"].append(qa)
+    return {"version": "v2.0", "data": data}
+
+
+# --- BoolQ -------------------------------------------------------------------------------------
+
+# (title, passage, questions with their answers)
+_PASSAGES = [
+    ("Circle", "A circle is a shape consisting of all points in a plane that are at a given distance from a given "
+               "point, the centre. A circle has no corners.",
+     [("does a circle have any corners", False), ("is every point of a circle the same distance from its centre", True)]),
+    ("Square", "A square is a regular quadrilateral, which means that it has four equal sides and four equal "
+               "angles. Every square is also a rectangle.",
+     [("is every square a rectangle", True), ("does a square have five sides", False)]),
+    ("Triangle", "A triangle is a polygon with three edges and three vertices. The angles of a triangle add up to "
+                 "a straight angle.",
+     [("do the angles of a triangle add up to a straight angle", True), ("is a triangle a polygon with four edges", False)]),
+]
+
+
+def _boolq_records(rng: random.Random, n: int) -> Iterable[dict]:
+    for _ in range(n):
+        title, passage, questions = rng.choice(_PASSAGES)
+        question, answer = rng.choice(questions)
+        yield {"question": question, "title": title, "answer": answer, "passage": passage}
+
+
 # --- writing ----------------------------------------------------------------------------------
 
 _Rows = Callable[[random.Random, int], Iterable[list[str]]]
 
-# task -> (file under out_dir, row generator, whether the file starts with a byte-order mark)
-_FILES: dict[str, tuple[str, _Rows, bool]] = {
-    "truthfulqa_mc1": ("truthfulqa/TruthfulQA.csv", _truthfulqa_rows, True),
-    "ethics_cm": ("ethics/commonsense/cm_test.csv", _commonsense_rows, False),
-    "ethics_deontology": ("ethics/deontology/deontology_test.csv", _deontology_rows, False),
-    "ethics_justice": ("ethics/justice/justice_test.csv", _justice_rows, False),
-    "ethics_utilitarianism": ("ethics/utilitarianism/util_test.csv", _utilitarianism_rows, False),
-    "ethics_virtue": ("ethics/virtue/virtue_test.csv", _virtue_rows, False),
-}
 
-
-def write_nlp_fixtures(out_dir: Path, seed: int = 0, n_truthfulqa: int = 24, n_ethics: int = 24) -> dict[str, Path]:
-    """Write the six raw files under `out_dir`; returns their paths keyed by lm-eval task name."""
-    paths = {}
-    for task, (relative, rows, bom) in _FILES.items():
-        path = Path(out_dir) / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # One stream per file, so changing one file's size leaves the others' text alone.
-        rng = random.Random(f"{seed}/{task}")
-        n = n_truthfulqa if task == "truthfulqa_mc1" else n_ethics
+def _csv_file(rows: _Rows, bom: bool = False) -> Callable[[Path, random.Random, int], None]:
+    def write(path: Path, rng: random.Random, n: int) -> None:
         # The csv module's default CRLF line ends match the releases.
         with path.open("w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
             csv.writer(f).writerows(rows(rng, n))
-        paths[task] = path
+
+    return write
+
+
+def _json_lines_file(records: Callable[[random.Random, int], Iterable[dict]]) -> Callable[[Path, random.Random, int], None]:
+    def write(path: Path, rng: random.Random, n: int) -> None:
+        path.write_text("".join(json.dumps(r) + "\n" for r in records(rng, n)), encoding="utf-8")
+
+    return write
+
+
+def _json_file(release: Callable[[random.Random, int], object]) -> Callable[[Path, random.Random, int], None]:
+    def write(path: Path, rng: random.Random, n: int) -> None:
+        path.write_text(json.dumps(release(rng, n)), encoding="utf-8")
+
+    return write
+
+
+def _files(n_truthfulqa: int, n_ethics: int, n_other: int):
+    """(file under out_dir, the name of its random stream, writer, its size)."""
+    yield "truthfulqa/TruthfulQA.csv", "truthfulqa_mc1", _csv_file(_truthfulqa_rows, bom=True), n_truthfulqa
+    yield "ethics/commonsense/cm_test.csv", "ethics_cm", _csv_file(_commonsense_rows), n_ethics
+    yield "ethics/deontology/deontology_test.csv", "ethics_deontology", _csv_file(_deontology_rows), n_ethics
+    yield "ethics/justice/justice_test.csv", "ethics_justice", _csv_file(_justice_rows), n_ethics
+    yield "ethics/utilitarianism/util_test.csv", "ethics_utilitarianism", _csv_file(_utilitarianism_rows), n_ethics
+    yield "ethics/virtue/virtue_test.csv", "ethics_virtue", _csv_file(_virtue_rows), n_ethics
+    for subject in MMLU_SUBJECTS:  # one test question per subject keeps MMLU's 57 tasks cheap
+        yield f"mmlu/data/dev/{subject}_dev.csv", f"mmlu/dev/{subject}", _csv_file(_mmlu_rows(subject)), _MMLU_DEV
+        yield f"mmlu/data/test/{subject}_test.csv", f"mmlu/test/{subject}", _csv_file(_mmlu_rows(subject)), 1
+    yield "gsm8k/train.jsonl", "gsm8k/train", _json_lines_file(_gsm8k_records), 10  # 8 shots drawn from it
+    yield "gsm8k/test.jsonl", "gsm8k/test", _json_lines_file(_gsm8k_records), n_other
+    yield "mathqa/train.json", "mathqa/train", _json_file(lambda rng, n: list(_mathqa_records(rng, n))), 6  # 4 shots
+    yield "mathqa/test.json", "mathqa/test", _json_file(lambda rng, n: list(_mathqa_records(rng, n))), n_other
+    yield "squadv2/train-v2.0.json", "squadv2/train", _json_file(_squad_release), 4
+    yield "squadv2/dev-v2.0.json", "squadv2/dev", _json_file(_squad_release), n_other
+    yield "boolq/dev.jsonl", "boolq/dev", _json_lines_file(_boolq_records), n_other
+
+
+def write_nlp_fixtures(out_dir: Path, seed: int = 0, n_truthfulqa: int = 24, n_ethics: int = 24,
+                       n_other: int = 6) -> dict[str, Path]:
+    """Write the benchmarks' files under `out_dir` (the `fixture` source's data root); returns their paths keyed by
+    the path under `out_dir`. `n_other`: the documents of each evaluated split of GSM8K, MathQA, SQuAD v2 and BoolQ."""
+    paths = {}
+    for relative, stream, write, n in _files(n_truthfulqa, n_ethics, n_other):
+        path = Path(out_dir) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One stream per file, so changing one file's size leaves the others' text alone.
+        write(path, random.Random(f"{seed}/{stream}"), n)
+        paths[relative] = path
     return paths

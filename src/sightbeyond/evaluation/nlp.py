@@ -1,15 +1,18 @@
-"""TruthfulQA-mc1 and ETHICS with lm-evaluation-harness, read from local files in the official raw layouts.
+"""The NLP benchmarks of PROTOCOL.md with lm-evaluation-harness, their documents from the Hub, local release files
+or the project's fixtures.
 
-Each task is lm-eval's own official config with only its data source replaced: the YAML of the
-same name in `tasks/` says which file to read and how to turn its rows into the hub schema the
-official prompt expects, and is merged over the official config here. lm_eval, torch and
-transformers are imported inside the functions: the CLI imports this module.
+Each benchmark (tasks/benchmarks.yaml) is lm-eval's own task or group. With the `hub` source it is loaded as lm-eval
+ships it; with `local` and `fixture` its leaf tasks keep every key of their official configs except where the
+documents come from: the release's files, read by `local_docs` into the rows of the hub dataset the task expects.
+Either way only the shots are set, to the paper's. lm_eval, torch and transformers are imported inside the
+functions: the CLI imports this module.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
+import dataclasses
+import functools
 import json
 import logging
 import math
@@ -17,204 +20,258 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+
+from sightbeyond.config import ConfigError
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-TASKS = ("truthfulqa_mc1", "ethics_cm", "ethics_deontology", "ethics_justice", "ethics_utilitarianism", "ethics_virtue")
+Source = Literal["hub", "local", "fixture"]
 
-# lm-eval task -> the prefix of our metric names
-_METRIC_PREFIX = {
-    "truthfulqa_mc1": "truthfulqa_mc1",
-    "ethics_cm": "ethics_commonsense",
-    "ethics_deontology": "ethics_deontology",
-    "ethics_justice": "ethics_justice",
-    "ethics_utilitarianism": "ethics_utilitarianism",
-    "ethics_virtue": "ethics_virtue",
-}
+_BENCHMARKS_FILE = Path(__file__).parent / "tasks" / "benchmarks.yaml"
+# the split keys of an lm-eval task config
+_SPLITS = ("training_split", "validation_split", "test_split", "fewshot_split")
+# lm-eval's default seeds (simple_evaluate's), pinned
+SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
 
-# Columns the conversions in tasks/local_docs.py read (headerless files name theirs in the YAML).
-_RAW_COLUMNS = {
-    "truthfulqa_mc1": ("Question", "Best Answer", "Correct Answers", "Incorrect Answers"),
-    "ethics_cm": ("label", "input", "is_short", "edited"),
-    "ethics_deontology": ("label", "scenario", "excuse"),
-    "ethics_justice": ("label", "scenario"),
-    "ethics_virtue": ("label", "scenario"),
-}
 
-_OVERRIDES_DIR = Path(__file__).parent / "tasks"
-# lm-eval's folders holding the official configs; indexing only these takes milliseconds where
-# indexing every task lm-eval ships takes seconds.
-_OFFICIAL_DIRS = ("truthfulqa", "hendrycks_ethics")
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    task: str                 # lm-eval's task or group
+    folder: str               # of its official configs, under lm_eval/tasks
+    num_fewshot: int
+    prefix: str               # of our metric names
+    metrics: dict[str, str]   # ours -> lm-eval's "<metric>,<filter>"
+    reader: str
+    files: dict[str, str]     # split -> path under the data root
+
+
+@functools.cache
+def _definitions() -> tuple[dict[str, Benchmark], dict[str, list[str]]]:
+    raw = yaml.safe_load(_BENCHMARKS_FILE.read_text())
+    benchmarks = {
+        name: Benchmark(name=name, task=b["task"], folder=b["folder"], num_fewshot=b.get("num_fewshot", 0), prefix=b.get("prefix", name),
+                        metrics=b["metrics"], reader=b["local"]["reader"], files=b["local"]["files"])
+        for name, b in raw["benchmarks"].items()
+    }
+    return benchmarks, raw["means"]
+
+
+def benchmarks() -> dict[str, Benchmark]:
+    return _definitions()[0]
+
+
+def select(names: Iterable[str]) -> list[Benchmark]:
+    known = benchmarks()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown NLP benchmark {unknown[0]!r}; known: {', '.join(known)}")
+    return [known[n] for n in names]
+
+
+def metric_names(names: Iterable[str]) -> set[str]:
+    """Our names of the metrics the benchmarks `names` give (standard errors aside)."""
+    names = {f"{b.prefix}/{metric}" for b in select(names) for metric in b.metrics}
+    return names | {mean for mean, parts in _definitions()[1].items() if set(parts) <= names}
 
 
 @dataclass
 class NLPResult:
     metrics: dict[str, float]
-    raw: dict[str, Any] = field(repr=False)  # lm-eval's results, JSON-serialisable
+    raw: dict[str, Any] = field(repr=False)  # lm-eval's results without the samples, JSON-serialisable
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)  # per task, per document
 
 
-def local_task_configs(task_names: Iterable[str], data_root: Path) -> list[dict[str, Any]]:
-    """The official lm-eval configs of `task_names`, reading the raw files under `data_root`.
-
-    Every file is checked before lm-eval sees it: a missing one raises FileNotFoundError, a
-    malformed one ValueError naming the file, the row and the reason.
-    """
+def task_manager(names: Iterable[str], source: Source, data_root: Path | None) -> TaskManager:
+    """lm-eval's TaskManager over the official configs, the leaf tasks of `names` set to the paper's shots and, for
+    the local sources, to the release files under `data_root`. Every file is read (and checked) when its task is
+    built; a missing one raises FileNotFoundError naming the benchmark and the file."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    index = _official_task_manager().task_index
-    configs = []
-    for name in task_names:
-        if name not in TASKS:
-            raise ValueError(f"unknown NLP task {name!r}; known: {', '.join(TASKS)}")
-        override = load_yaml(_OVERRIDES_DIR / f"{name}.yaml", resolve_func=True)
-        kwargs = override["dataset_kwargs"]
-        data_files = {split: Path(data_root) / rel for split, rel in kwargs["data_files"].items()}
-        for path in data_files.values():
-            _check_raw_file(name, path, kwargs)
-        config = load_yaml(index[name].yaml_path, resolve_func=True) | override
-        config["dataset_kwargs"] = kwargs | {"data_files": {s: str(p) for s, p in data_files.items()}}
-        configs.append(config)
-    return configs
+    benches = select(names)
+    manager = official_task_manager(benches)
+    index = manager.task_index
+    for bench in benches:
+        for leaf in leaves(index, bench.task):
+            entry = index[leaf]
+            config = load_yaml(entry.yaml_path, resolve_func=True) | {"num_fewshot": bench.num_fewshot}
+            if source != "hub":
+                config = _local(bench, config, Path(data_root))
+            index[leaf] = dataclasses.replace(entry, yaml_path=None, cfg=config)
+    return manager
+
+
+def leaves(index, name: str) -> list[str]:
+    """The tasks a task, group or tag of lm-eval's index evaluates."""
+    from lm_eval.tasks._index import Kind
+
+    entry = index[name]
+    if entry.kind == Kind.GROUP:
+        children = [c if isinstance(c, str) else c.get("task") or c["group"] for c in entry.cfg["task"]]
+        return [leaf for child in children for leaf in leaves(index, child)]
+    if entry.kind == Kind.TAG:
+        return [leaf for task in sorted(entry.tags) for leaf in leaves(index, task)]
+    return [name]
+
+
+def _local(bench: Benchmark, config: dict[str, Any], data_root: Path) -> dict[str, Any]:
+    from sightbeyond.evaluation.local_docs import read
+
+    subset = config.get("dataset_name")
+    files = {split: data_root / rel.format(dataset_name=subset) for split, rel in bench.files.items()}
+    for path in files.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"{bench.name}: data file not found: {path}")
+    load = functools.partial(read, bench.reader, files, subset)
+    if "class" in config:
+        from sightbeyond.evaluation.squad_v2 import local_squad2
+
+        # SQuAD2, lm-eval's one Python task here, builds its own config: the class itself reads the files
+        return config | {"class": local_squad2(config["class"], load)}
+    return config | {
+        "dataset_path": str(data_root),
+        "dataset_kwargs": None,
+        "custom_dataset": load,
+        **{key: None for key in _SPLITS if config.get(key) and config[key] not in files},
+    }
+
+
+def load_tasks(names: Iterable[str], source: Source, data_root: Path | None) -> dict[str, Any]:
+    """lm-eval's task objects ({"tasks", "groups", "group_map"}), built once for repeated (step-wise) evaluation,
+    with the shots simple_evaluate would give them."""
+    names = list(names)
+    with quiet():
+        loaded = task_manager(names, source, data_root).load([b.task for b in select(names)])
+    for task in loaded["tasks"].values():
+        if task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+    return loaded
+
+
+def reseed_fewshot(tasks: dict[str, Any]) -> None:
+    """Before every build of the requests: the few-shot sampler continues its random stream from one build to the
+    next, so tasks evaluated again would draw other shots (MathQA's, GSM8K's)."""
+    for task in tasks["tasks"].values():
+        task.set_fewshot_seed(seed=SEEDS["fewshot_random_seed"])
+
+
+def fixed_subsample(tasks: dict[str, Any], limit: int | None) -> dict[str, list[int]] | None:
+    """The same `limit` documents of every task each time: a seeded draw over the whole task rather than its first
+    documents, which in ETHICS are a few scenarios' variants."""
+    if limit is None:
+        return None
+    return {name: sorted(random.Random(name).sample(range(len(task.eval_docs)), min(limit, len(task.eval_docs))))
+            for name, task in tasks["tasks"].items()}
 
 
 def evaluate_llm(
     model: str | Path | PreTrainedModel,
     tokenizer: str | PreTrainedTokenizerBase | None,
     task_names: Iterable[str],
-    data_root: Path,
+    source: Source,
+    data_root: Path | None,
     *,
     limit: int | None = None,
     batch_size: int = 8,
     log_samples: bool = False,
 ) -> NLPResult:
-    """0-shot lm-eval of a causal LM on local copies of `task_names`.
+    """lm-eval's simple_evaluate of a causal LM on `task_names`.
 
-    `model` is a local model directory or a loaded model, which is evaluated in place (step-wise
-    evaluation during training): its train/eval mode and the global RNG states are restored after.
+    `model` is a local model directory or a loaded model, which is evaluated in place: its train/eval
+    mode and the global RNG states are restored after.
     """
     import lm_eval
     import torch
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.utils import handle_non_serializable
 
-    configs = local_task_configs(task_names, data_root)
+    task_names = list(task_names)
     is_path = isinstance(model, (str, Path))
     was_training = not is_path and model.training
-    with _quiet(), _preserved_rng_states():
+    with quiet(), _preserved_rng_states():
+        manager = task_manager(task_names, source, data_root)
         try:
             if is_path:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
                 lm = HFLM(pretrained=str(model), tokenizer=tokenizer, batch_size=batch_size, device=device)
             else:
                 lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-            results = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=configs,
-                task_manager=_official_task_manager(),
-                limit=limit,
-                log_samples=log_samples,
-                # lm-eval's defaults, pinned
-                random_seed=0,
-                numpy_random_seed=1234,
-                torch_random_seed=1234,
-                fewshot_random_seed=1234,
-            )
+            results = lm_eval.simple_evaluate(model=lm, tasks=[b.task for b in select(task_names)], task_manager=manager,
+                                              limit=limit, log_samples=log_samples, **SEEDS)
         finally:
             if was_training:  # HFLM switches the model to eval mode
                 model.train()
-    # lm-eval's configs hold callables and numpy scalars; its own writer stringifies them the same way.
-    raw = json.loads(json.dumps(results, default=handle_non_serializable))
-    return NLPResult(metrics=_metrics(raw["results"]), raw=raw)
+    return _result(results)
 
 
-def load_tasks(task_names: Iterable[str], data_root: Path) -> dict[str, Any]:
-    """lm-eval's task objects for the local configs, built once for repeated (step-wise) evaluation."""
-    return _official_task_manager().load(local_task_configs(task_names, data_root))
-
-
-def evaluate_loaded(lm, tasks: dict[str, Any], *, limit: int | None = None) -> dict[str, float]:
-    """Accuracies of an lm-eval model (e.g. an `HFLM` over the model being trained) on tasks from `load_tasks`.
-
-    lm-eval's lower-level `evaluate`: tasks are not rebuilt and no environment report is collected each time,
-    which is most of `simple_evaluate`'s cost on a small model. No stderr (`bootstrap_iters=0`).
-    """
+def evaluate_loaded(lm, tasks: dict[str, Any], *, samples: dict[str, list[int]] | None = None,
+                    log_samples: bool = False) -> NLPResult:
+    """lm-eval's `evaluate` of an lm-eval model (e.g. an `HFLM` over the model being trained) on tasks from
+    `load_tasks`, on the documents `samples` names per task (all by default). No standard errors."""
     from lm_eval.evaluator import evaluate
 
-    with _quiet(), _preserved_rng_states():
-        results = evaluate(lm=lm, task_dict=tasks, limit=limit, bootstrap_iters=0, log_samples=False, verbosity="WARNING")
-    return _metrics(results["results"])
+    reseed_fewshot(tasks)
+    with quiet(), _preserved_rng_states():
+        results = evaluate(lm=lm, task_dict=tasks, samples=samples, bootstrap_iters=0, log_samples=log_samples,
+                           verbosity="WARNING")
+    return _result(results)
 
 
-def _metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+def _result(results: dict[str, Any]) -> NLPResult:
+    from lm_eval.utils import handle_non_serializable
+
+    # lm-eval's configs hold callables and numpy scalars; its own writer stringifies them the same way.
+    raw = json.loads(json.dumps(results, default=handle_non_serializable))
+    samples = raw.pop("samples", {})
+    return NLPResult(metrics=metrics_from_results(raw["results"]), raw=raw, samples=samples)
+
+
+def metrics_from_results(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Our metric names for lm-eval's results (task or group -> {"<metric>,<filter>": value})."""
+    benches, means = _definitions()
     metrics: dict[str, float] = {}
-    for task, prefix in _METRIC_PREFIX.items():
-        if task not in results:
+    for bench in benches.values():
+        if bench.task not in results:
             continue
-        metrics[f"{prefix}/acc"] = float(results[task]["acc,none"])
-        # lm-eval reports "N/A" where it has no stderr (e.g. a single document).
-        stderr = results[task].get("acc_stderr,none")
-        if isinstance(stderr, (int, float)) and math.isfinite(stderr):
-            metrics[f"{prefix}/acc_stderr"] = float(stderr)
-    ethics = [v for k, v in metrics.items() if k.startswith("ethics_") and k.endswith("/acc")]
-    if ethics:
-        metrics["ethics/acc"] = sum(ethics) / len(ethics)
+        for ours, theirs in bench.metrics.items():
+            metrics[f"{bench.prefix}/{ours}"] = float(results[bench.task][theirs])
+            # lm-eval reports "N/A" where it has no stderr (e.g. a single document, or no bootstrap)
+            metric, _, filter_ = theirs.partition(",")
+            stderr = results[bench.task].get(f"{metric}_stderr,{filter_}")
+            if isinstance(stderr, (int, float)) and math.isfinite(stderr):
+                metrics[f"{bench.prefix}/{ours}_stderr"] = float(stderr)
+    for name, parts in means.items():
+        if all(p in metrics for p in parts):
+            metrics[name] = sum(metrics[p] for p in parts) / len(parts)
     return metrics
 
 
-def _official_task_manager() -> TaskManager:
+def official_task_manager(benches: Iterable[Benchmark] | None = None) -> TaskManager:
+    """lm-eval's TaskManager over the official configs of `benches` (default: all): indexing only their folders takes
+    a fraction of a second where indexing every task lm-eval ships takes many."""
     import lm_eval.tasks
 
     root = Path(lm_eval.tasks.__file__).parent
-    return lm_eval.tasks.TaskManager(include_defaults=False, include_path=[root / d for d in _OFFICIAL_DIRS])
-
-
-def _check_raw_file(task: str, path: Path, dataset_kwargs: dict[str, Any]) -> None:
-    """Reads `path` as the official layout, as lm-eval would read it, and fails on the first bad row.
-
-    Rows are numbered as a spreadsheet shows them: the header, if any, is row 1.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"{task}: data file not found: {path}")
-    with path.open(encoding=dataset_kwargs.get("encoding", "utf-8"), newline="") as f:
-        # Blank lines are skipped, as pandas (the datasets csv loader) does.
-        rows = ((n, row) for n, row in enumerate(csv.reader(f), start=1) if row)
-        header = dataset_kwargs.get("column_names")
-        if header is None:
-            n, header = next(rows, (1, None))
-            if header is None:
-                raise ValueError(f"{path}: empty file")
-            missing = [c for c in _RAW_COLUMNS[task] if c not in header]
-            if missing:
-                raise ValueError(f"{path}: row {n}: missing column {missing[0]!r} (header: {header})")
-        count = 0
-        for n, row in rows:
-            count += 1
-            if len(row) != len(header):
-                raise ValueError(f"{path}: row {n}: {len(row)} columns, expected {len(header)} ({header})")
-            record = dict(zip(header, row))
-            if "label" in record and record["label"] not in ("0", "1"):
-                raise ValueError(f"{path}: row {n}: label must be 0 or 1, got {record['label']!r}")
-            if task == "ethics_virtue" and record["scenario"].count(" [SEP] ") != 1:
-                raise ValueError(f"{path}: row {n}: scenario must be '<sentence> [SEP] <trait>'")
-            if task == "truthfulqa_mc1":
-                empty = [c for c in _RAW_COLUMNS[task] if not record[c].strip()]
-                if empty:
-                    raise ValueError(f"{path}: row {n}: empty {empty[0]!r}")
-        if count == 0:
-            raise ValueError(f"{path}: no data rows")
+    folders = dict.fromkeys(b.folder for b in (benchmarks().values() if benches is None else benches))
+    with quiet():
+        return lm_eval.tasks.TaskManager(include_defaults=False, include_path=[root / f for f in folders])
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    # lm-eval's INFO lines and the datasets loader's bars, several per task, bury the one progress
-    # bar that matters (the loglikelihood requests). lm_eval.api.task only warns, here, about the
-    # defaults the official ETHICS configs leave implicit (aggregation, higher_is_better).
+def quiet() -> Iterator[None]:
+    # lm-eval's INFO lines and the datasets loader's bars, several per task, bury the progress bars that matter
+    # (the model's requests). Its task modules only warn, here, about defaults the official configs leave implicit
+    # (aggregation, higher_is_better, generation_kwargs), about custom datasets (how local documents reach a task)
+    # and about two of its folders tagging tasks `math_word_problems`; HFLM, about being handed a loaded model and,
+    # once per request, about the left truncation that is part of the task's definition.
     import datasets
 
-    levels = {"lm_eval": logging.WARNING, "lm_eval.api.task": logging.ERROR}
+    levels = {"lm_eval": logging.WARNING, "lm_eval.api.task": logging.ERROR, "lm_eval.config.task": logging.ERROR,
+              "lm_eval.tasks._index": logging.ERROR, "lm_eval.models.huggingface": logging.ERROR}
     loggers = {name: logging.getLogger(name) for name in levels}
     before = {name: logger.level for name, logger in loggers.items()}
     bars = datasets.is_progress_bar_enabled()

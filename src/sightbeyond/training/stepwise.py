@@ -1,46 +1,105 @@
-"""TruthfulQA-mc1 and ETHICS during stage 2, logged to the training run at the training step (the paper's Figure 4)."""
+"""Step-wise NLP evaluation during stage 2 (the paper's Figure 4: TruthfulQA-mc1 and ETHICS), logged to the training
+run at the training step; optionally the model of the step where a chosen metric peaks is kept."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from sightbeyond.config import ConfigError, Params
 from sightbeyond.training.common import unwrap_causal_lm
+
+BEST = "best"  # the best step's model, under the Trainer's output directory
 
 
 class StepwiseEval(TrainerCallback):
-    """lm-eval in process on the LLM being trained (LoRA unmerged); tasks and model wrapper are built once."""
+    """`StepwiseEvaluator` in process on the LLM being trained (LoRA unmerged), every `every` steps, at the start
+    and at the end. Tasks are built (and their files checked) here, before any training step; the requests are
+    rendered and tokenised once, when training begins. `limit`: a fixed subsample of that many documents per task.
+    `data_root`: the release files (`local`, `fixture`), None for lm-eval's hub copies.
 
-    def __init__(self, tokenizer, tasks: list[str], data_root: Path, *, every: int, limit: int | None, batch_size: int,
-                 logged_through: int = -1):
-        from sightbeyond.evaluation.nlp import load_tasks
+    `best_metric` (one of the step-wise metrics, higher is better): each time it improves, the model (for LoRA, the
+    adapter and the projector) and its processor are saved to `<output_dir>/best`, beside the Trainer's checkpoints
+    (so a resumed run still has it), and the run is tagged `best_step`, `best_value`; a resumed run starts from the
+    tags it already holds. `move_best` then puts it into the stage's output.
+    """
 
-        self.tasks = load_tasks(tasks, data_root)  # also checks the files before any training step
-        self.tokenizer, self.every, self.limit, self.batch_size = tokenizer, every, limit, batch_size
-        self.lm, self.last_step = None, None
+    def __init__(self, tokenizer, tasks: list[str], data_root: Path | None, *, every: int, limit: int | None,
+                 batch_size: int, logged_through: int = -1, best_metric: str | None = None):
+        from sightbeyond.evaluation.nlp import fixed_subsample, load_tasks, metric_names
+
+        self.tasks = load_tasks(tasks, "hub" if data_root is None else "local", data_root)
+        self.samples = fixed_subsample(self.tasks, limit)
+        self.tokenizer, self.every, self.batch_size = tokenizer, every, batch_size
         self.logged_through = logged_through  # a resumed run already holds the steps up to here
+        known = metric_names(tasks)
+        if best_metric is not None and best_metric not in known:
+            raise ConfigError(f"stage2.best_metric {best_metric!r} is not a step-wise metric of {tasks}: {sorted(known)}")
+        self.best_metric, self.best_value, self.best_dir = best_metric, None, None
+        self.evaluator, self.last_step = None, None
+
+    @classmethod
+    def from_params(cls, params: Params, tokenizer, *, logged_through: int = -1) -> StepwiseEval:
+        from sightbeyond.evaluation.nlp_stage import nlp_data_root
+
+        cfg = params.stage2
+        return cls(tokenizer, cfg.stepwise_tasks, nlp_data_root(params), every=cfg.eval_steps, limit=cfg.stepwise_limit,
+                   batch_size=params.eval_nlp.batch_size, logged_through=logged_through, best_metric=cfg.best_metric)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from lm_eval.models.huggingface import HFLM
+        from sightbeyond.evaluation.stepwise_eval import StepwiseEvaluator
 
+        self.best_dir = Path(args.output_dir) / BEST
         if state.is_world_process_zero:
-            self.lm = HFLM(pretrained=unwrap_causal_lm(model), tokenizer=self.tokenizer, batch_size=self.batch_size)
-        self._evaluate(model, state)
+            was_training = model.training
+            self.evaluator = StepwiseEvaluator(unwrap_causal_lm(model), self.tokenizer, self.tasks,
+                                               samples=self.samples, batch_size=self.batch_size)
+            model.train(was_training)  # the evaluator's tokeniser setup (lm-eval's HFLM) switches it to eval mode
+            if self.best_metric is not None:
+                self.best_value = _best_so_far()
+        self._evaluate(args, state, model, kwargs.get("processing_class"))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
-            self._evaluate(model, state)
+            self._evaluate(args, state, model, kwargs.get("processing_class"))
 
-    def _evaluate(self, model, state) -> None:
+    def _evaluate(self, args, state, model, processing) -> None:
         import mlflow
-
-        from sightbeyond.evaluation.nlp import evaluate_loaded
 
         if not state.is_world_process_zero or state.global_step == self.last_step or state.global_step <= self.logged_through:
             return
         model.eval()
-        metrics = evaluate_loaded(self.lm, self.tasks, limit=self.limit)
+        metrics = self.evaluator.run().metrics
         model.train()
         self.last_step = state.global_step
         mlflow.log_metrics(metrics, step=state.global_step)
+        if self.best_metric is not None and (self.best_value is None or metrics[self.best_metric] > self.best_value):
+            self._keep(self.best_dir, model, processing)
+            self.best_value = metrics[self.best_metric]
+            mlflow.set_tags({"best_step": state.global_step, "best_value": self.best_value})
+
+    def move_best(self, out: Path) -> None:
+        """Move the best step's model into `out` (as `out/best`): the Trainer's directory goes once stage 2 is done."""
+        from sightbeyond.io import is_main_process
+
+        if self.best_dir is not None and self.best_dir.exists() and is_main_process():
+            shutil.move(self.best_dir, Path(out) / BEST)
+
+    @staticmethod
+    def _keep(out: Path, model, processing) -> None:
+        from sightbeyond.io import atomic_dir
+
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(str(tmp))
+            if processing is not None:
+                processing.save_pretrained(str(tmp))
+
+
+def _best_so_far() -> float | None:
+    import mlflow
+
+    run = mlflow.active_run()
+    value = mlflow.get_run(run.info.run_id).data.tags.get("best_value") if run else None
+    return None if value is None else float(value)

@@ -1,0 +1,155 @@
+"""Step-wise evaluation: lm-eval's `evaluate` with `HFLM` (tasks built once) against `StepwiseEvaluator`, same model,
+same documents; their times, the ratio per task and overall, and whether every per-document prediction agrees.
+
+    .venv/bin/python benchmarks/stepwise_eval.py                     # the default step-wise set, TruthfulQA mc2 too
+    .venv/bin/python benchmarks/stepwise_eval.py --threads 1 --repeats 3
+
+The model is a randomly initialised LLaMA (hidden 256, 4 layers, 8 heads, LLaMA's 32000-token vocabulary: 19.6M
+parameters), fp32 on CPU or bf16 on a GPU, with a byte-level BPE tokenizer trained on the documents that adds BOS as
+LLaMA's does. The documents are the real samples of ../shared/data (the first 200 TruthfulQA questions, 300 rows of
+each ETHICS subset) when that folder exists, else the project's fixtures, read by the `local` source.
+
+A task's time is one evaluation of it, the best of `--repeats` after one warm-up (the step-wise evaluation runs at
+every eval step); the evaluator's one-off preparation (rendering and tokenising every request) is printed apart.
+The overall ratio is over the default step-wise set (ETHICS and TruthfulQA-mc1) evaluated together, as training does.
+A document's prediction agrees when both pick the same choice, flag the same choices greedy, and give the same
+metric values (within 1e-4: TruthfulQA-mc2's is a probability mass). Also printed: the largest difference between
+the two log-likelihoods of any choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sightbeyond.config import Stage2
+from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
+from sightbeyond.evaluation.nlp import evaluate_loaded, load_tasks, quiet
+from sightbeyond.evaluation.stepwise_eval import StepwiseEvaluator
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# the samples' names -> the release's names, which the `local` source reads
+SAMPLES = {
+    "truthfulqa/TruthfulQA.sample.csv": "truthfulqa/TruthfulQA.csv",
+    "ethics/commonsense/cm_test.sample.csv": "ethics/commonsense/cm_test.csv",
+    "ethics/deontology/deontology_test.sample.csv": "ethics/deontology/deontology_test.csv",
+    "ethics/justice/justice_test.sample.csv": "ethics/justice/justice_test.csv",
+    "ethics/utilitarianism/util_test.sample.csv": "ethics/utilitarianism/util_test.csv",
+    "ethics/virtue/virtue_test.sample.csv": "ethics/virtue/virtue_test.csv",
+}
+DEFAULT_SET = Stage2.model_fields["stepwise_tasks"].default
+
+
+def data_root(out: Path) -> str:
+    if SHARED.is_dir():
+        for sample, release in SAMPLES.items():
+            (out / release).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(SHARED / sample, out / release)
+        return f"real samples from {SHARED}"
+    write_nlp_fixtures(out)
+    return "the project's fixtures (no ../shared/data)"
+
+
+def tokenizer_for(root: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=8000, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train([str(p) for p in sorted(root.rglob("*.csv"))], trainer)
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bpe.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_model(tokenizer, device: torch.device):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32000, hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
+                         num_key_value_heads=8, intermediate_size=688, max_position_embeddings=2048,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
+
+
+def best_time(run, repeats: int):
+    result = run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def agreement(fast, reference) -> tuple[int, int, float]:
+    """(documents that agree, documents, largest |log-likelihood difference|) over all tasks."""
+    agree = total = 0
+    worst = 0.0
+    for task, docs in fast.docs.items():
+        for doc, sample in zip(docs, reference.samples[task], strict=True):
+            assert doc.doc_id == sample["doc_id"]
+            lls = [r[0][0] for r in sample["resps"]]
+            greedy = [r[0][1] for r in sample["resps"]]
+            worst = max(worst, *(abs(a - b) for a, b in zip(lls, doc.loglikelihoods)))
+            same_values = all(abs(float(sample[m]) - float(v)) <= 1e-4 for m, v in doc.values.items())
+            same_choice = max(range(len(lls)), key=lls.__getitem__) == max(range(len(lls)), key=doc.loglikelihoods.__getitem__)
+            agree += same_choice and greedy == doc.is_greedy and same_values
+            total += 1
+    return agree, total, worst
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=["truthfulqa_mc1", "truthfulqa_mc2", *DEFAULT_SET[1:]],
+                   help="benchmarks timed one by one (loglikelihood ones)")
+    p.add_argument("--batch-size", type=int, default=16, help="of both (HFLM's requests, the evaluator's rows)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, help="torch CPU threads (on a shared machine, 1 gives steadier times)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from lm_eval.models.huggingface import HFLM
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        source = data_root(root)
+        tokenizer = tokenizer_for(root)
+        model = build_model(tokenizer, device)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"documents: {source}")
+        print(f"model: random LLaMA, {n_params / 1e6:.1f}M parameters, {next(model.parameters()).dtype} on {device}"
+              f"{'' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}; batch size {args.batch_size}")
+        print(f"{'task':<24}{'docs':>6}{'HFLM (s)':>10}{'step-wise (s)':>15}{'ratio':>8}{'  agree':>14}"
+              f"{'max |d ll|':>12}{'setup (s)':>11}")
+        with quiet():
+            hflm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size)
+        everything_agrees = True
+        rows = [(name, [name]) for name in args.tasks] + [("default step-wise set", list(DEFAULT_SET))]
+        for label, names in rows:
+            tasks = load_tasks(names, "local", root)
+            start = time.perf_counter()
+            evaluator = StepwiseEvaluator(model, tokenizer, tasks, batch_size=args.batch_size)
+            setup = time.perf_counter() - start
+            t_hflm, reference = best_time(lambda: evaluate_loaded(hflm, tasks, log_samples=True), args.repeats)
+            t_fast, fast = best_time(evaluator.run, args.repeats)
+            agree, total, worst = agreement(fast, reference)
+            everything_agrees &= agree == total
+            print(f"{label:<24}{total:>6}{t_hflm:>10.2f}{t_fast:>15.2f}{t_hflm / t_fast:>7.1f}x"
+                  f"{f'{agree}/{total}':>14}{worst:>12.1e}{setup:>11.2f}")
+        print(f"every per-document prediction agrees: {'yes' if everything_agrees else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()
