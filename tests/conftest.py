@@ -57,8 +57,14 @@ def params_for(tiny_backbone):
 
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch):
+    import mlflow.tracking.fluent
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    # mlflow remembers the last experiment process-wide (and in the environment): an id from another test's store
+    # would not exist in this one
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     return tmp_path / "mlflow.db"
 
 
