@@ -26,7 +26,7 @@ def history(root) -> dict[str, list[tuple[int, float]]]:
     assert len(runs) == 1, [r.info.run_name for r in runs]  # the rerun continued the killed run
     assert runs[0].info.status == "FINISHED"
     return {key: sorted((m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, key))
-            for key in ("loss", "ethics_cm/acc")}
+            for key in ("loss", "ethics_commonsense/acc")}
 
 
 def adapter(root):
@@ -53,6 +53,7 @@ def test_a_killed_run_resumes_into_the_same_run_and_ends_as_an_uninterrupted_one
 
     expected, got = history(straight), history(killed)
     for key in expected:
+        assert expected[key], f"{key}: never logged"
         steps = [s for s, _ in got[key]]
         assert steps == sorted(set(steps)), f"{key}: a step logged twice"
         assert steps == [s for s, _ in expected[key]], f"{key}: steps missing"

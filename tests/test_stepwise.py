@@ -171,3 +171,15 @@ def test_best_metric_must_be_a_stepwise_metric(tmp_path, model_and_tokenizer):
     write_nlp_fixtures(tmp_path, n_truthfulqa=3, n_ethics=3)
     with pytest.raises(ConfigError, match="mmlu/acc"):
         StepwiseEval(model_and_tokenizer[1], DEFAULT, tmp_path, every=5, limit=None, batch_size=4, best_metric="mmlu/acc")
+
+
+def test_from_params(params_for, tmp_path, model_and_tokenizer):
+    write_nlp_fixtures(tmp_path, n_truthfulqa=3, n_ethics=3)
+    params = params_for(**{"eval_nlp.source": "local", "eval_nlp.local_root": str(tmp_path), "eval_nlp.batch_size": 4,
+                           "stage2.stepwise_tasks": ["ethics_cm", "truthfulqa_mc1"], "stage2.stepwise_limit": 2,
+                           "stage2.best_metric": "truthfulqa_mc1/acc"})
+    callback = StepwiseEval.from_params(params, model_and_tokenizer[1], logged_through=7)
+    assert set(callback.tasks["tasks"]) == {"ethics_cm", "truthfulqa_mc1"}
+    assert all(len(ids) == 2 for ids in callback.samples.values())
+    assert (callback.every, callback.batch_size, callback.logged_through, callback.best_metric) == \
+        (params.stage2.eval_steps, 4, 7, "truthfulqa_mc1/acc")

@@ -26,7 +26,6 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     from datasets import load_from_disk
     from trl import SFTTrainer
 
-    from sightbeyond.evaluation.nlp_stage import nlp_data_root
     from sightbeyond.model.llava import build_llava, load_llm, load_processor, load_tokenizer
     from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
     from sightbeyond.training.stepwise import StepwiseEval
@@ -49,13 +48,13 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
                        tags={"tuning": tuning, "modality": modality}, param_sections=("model", "stage2"), hparams=hparams,
                        inputs=inputs, trainer_dir=work, fingerprint=fingerprint(params, inputs, tuning=tuning, modality=modality)
                        ) as resume, atomic_dir(out) as tmp:
-        stepwise = StepwiseEval(tokenizer, params.eval_nlp.tasks, nlp_data_root(params), every=cfg.eval_steps,
-                                limit=cfg.stepwise_limit, batch_size=params.eval_nlp.batch_size, logged_through=resume.logged_through)
+        stepwise = StepwiseEval.from_params(params, tokenizer, logged_through=resume.logged_through)
         args = sft_config(work, hparams, lr=getattr(hparams.lr, tuning), save_steps=cfg.save_steps)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing,
                              peft_config=lora_config(params, modality) if tuning == "lora" else None,
                              callbacks=[stepwise, ResumableMLflowCallback(resume.logged_through)])
         trainer.train(resume_from_checkpoint=resume.checkpoint)
         trainer.save_model(str(tmp))
+        stepwise.move_best(tmp)  # out of the trainer directory, which goes once the run succeeds
         if is_main_process():
             processing.save_pretrained(str(tmp))
