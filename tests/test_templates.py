@@ -33,18 +33,23 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("template", ["v1", "llama_2"])
-@pytest.mark.parametrize("with_image", [True, False])
-def test_supervised_tokens_are_the_assistant_turns(params_for, template, with_image):
-    params = params_for()
-    row = {"id": "x", "messages": messages(with_image)}
+def encode_one(params, template: str, conversation: list[dict], with_image: bool):
+    """The tokenizer, input ids and labels of one record, through the collator training uses."""
+    row = {"id": "x", "messages": conversation}
     if with_image:
         row["images"] = [Image.new("RGB", (32, 32), "red")]
         processing = load_processor(params, template)
     else:
         processing = load_tokenizer(params, template)
-    tokenizer = getattr(processing, "tokenizer", processing)
     [ids], [labels] = encode(processing, [row], max_length=512)
+    return getattr(processing, "tokenizer", processing), ids, labels
+
+
+@pytest.mark.parametrize("template", ["v1", "llama_2"])
+@pytest.mark.parametrize("with_image", [True, False])
+def test_supervised_tokens_are_the_assistant_turns(params_for, template, with_image):
+    params = params_for()
+    tokenizer, ids, labels = encode_one(params, template, messages(with_image), with_image)
     supervised = tokenizer.decode([t for t in labels if t != -100], skip_special_tokens=False)
     assert re.fullmatch(EXPECTED[template], supervised), supervised
     prompt = tokenizer.decode(ids, skip_special_tokens=False)
@@ -140,14 +145,7 @@ def test_llama_tokenizer_renders_llava_prompts(params_for, llama_repo, template)
 def test_llama_tokenizer_supervises_what_llava_does(params_for, llama_repo, template, with_image, n_turns):
     repo, legacy = llama_repo
     params = params_for(**{"backbones.tiny.llm": str(repo)})
-    row = {"id": "x", "messages": turns(with_image, n_turns)}
-    if with_image:
-        row["images"] = [Image.new("RGB", (32, 32), "red")]
-        processing = load_processor(params, template)
-    else:
-        processing = load_tokenizer(params, template)
-    tokenizer = getattr(processing, "tokenizer", processing)
-    [ids], [labels] = encode(processing, [row], max_length=512)
+    tokenizer, ids, labels = encode_one(params, template, turns(with_image, n_turns), with_image)
     supervised = [t for t, lab in zip(ids, labels) if lab != -100]
 
     # LLaVA masks instructions by length, len(tokenizer(instruction).input_ids) - 2, which is right only for legacy
