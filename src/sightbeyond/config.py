@@ -252,7 +252,7 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _names_known(self):
-        if self.backbone not in self.backbones and not _hub_id_or_dir(self.backbone):
+        if self.backbone not in self.backbones and not (Path(self.backbone).is_dir() or is_hub_id(self.backbone)):
             raise ValueError(f"backbone {self.backbone!r} is neither in backbones {sorted(self.backbones)} "
                              "nor a hub id (org/name) or a local directory")
         if self.preset_name not in self.presets:
@@ -273,8 +273,9 @@ class Params(Strict):
         return self.presets[self.preset_name]
 
 
-def _hub_id_or_dir(name: str) -> bool:
-    return Path(name).is_dir() or (name.count("/") == 1 and not name.startswith((".", "/")))
+def is_hub_id(name: str) -> bool:
+    """`org/name` that is not a local path: the one rule for hub id versus directory."""
+    return name.count("/") == 1 and not name.startswith((".", "/")) and not Path(name).exists()
 
 
 def project_root() -> Path:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sightbeyond.config import Params
+from sightbeyond.config import Params, is_hub_id
 
 
 class MissingWeightsError(RuntimeError):
@@ -25,7 +25,7 @@ def _resolve(name: str, what: str, repo_or_path: str, local_path: str | None, pa
         if (Path(local_path) / "config.json").is_file():
             return local_path
         raise MissingWeightsError(f"backbone {name!r}: {what} weights not found at {local_path} (params.yaml: {param})")
-    if Path(repo_or_path).exists() or repo_or_path.startswith((".", "/")) or repo_or_path.count("/") != 1:
+    if not is_hub_id(repo_or_path):
         if (Path(repo_or_path) / "config.json").is_file():
             return repo_or_path
         hint = "run `dvc repro backbone` to build it" if name == "tiny" else f"set {param}"
