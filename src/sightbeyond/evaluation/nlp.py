@@ -66,6 +66,11 @@ def benchmarks() -> dict[str, Benchmark]:
     return _definitions()[0]
 
 
+def means() -> dict[str, list[str]]:
+    """Averaged metrics (e.g. `ethics/acc`) and the metrics they average."""
+    return _definitions()[1]
+
+
 def select(names: Iterable[str]) -> list[Benchmark]:
     known = benchmarks()
     unknown = [n for n in names if n not in known]
@@ -77,7 +82,7 @@ def select(names: Iterable[str]) -> list[Benchmark]:
 def metric_names(names: Iterable[str]) -> set[str]:
     """Our names of the metrics the benchmarks `names` give (standard errors aside)."""
     names = {f"{b.prefix}/{metric}" for b in select(names) for metric in b.metrics}
-    return names | {mean for mean, parts in _definitions()[1].items() if set(parts) <= names}
+    return names | {mean for mean, parts in means().items() if set(parts) <= names}
 
 
 @dataclass
@@ -232,7 +237,7 @@ def _result(results: dict[str, Any]) -> NLPResult:
 
 def metrics_from_results(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Our metric names for lm-eval's results (task or group -> {"<metric>,<filter>": value})."""
-    benches, means = _definitions()
+    benches, averaged = benchmarks(), means()
     metrics: dict[str, float] = {}
     for bench in benches.values():
         if bench.task not in results:
@@ -244,7 +249,7 @@ def metrics_from_results(results: dict[str, dict[str, Any]]) -> dict[str, float]
             stderr = results[bench.task].get(f"{metric}_stderr,{filter_}")
             if isinstance(stderr, (int, float)) and math.isfinite(stderr):
                 metrics[f"{bench.prefix}/{ours}_stderr"] = float(stderr)
-    for name, parts in means.items():
+    for name, parts in averaged.items():
         if all(p in metrics for p in parts):
             metrics[name] = sum(metrics[p] for p in parts) / len(parts)
     return metrics

@@ -120,9 +120,8 @@ def _leaf_tasks(run_id: str, task: str, samples: dict) -> list[str]:
 def _nlp(run_id: str, metric: str) -> Docs | None:
     from sightbeyond.evaluation import nlp
 
-    benchmarks, means = nlp._definitions()
-    by_prefix = {b.prefix: b for b in benchmarks.values()}
-    parts = means.get(metric, [metric])
+    by_prefix = {b.prefix: b for b in nlp.benchmarks().values()}
+    parts = nlp.means().get(metric, [metric])
     samples = _lm_eval_samples(run_id)
     keys, values, strata = [], [], []
     for stratum, part in enumerate(parts):
