@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 Tuning = Literal["lora", "ft"]
 Modality = Literal["image", "text"]
@@ -90,6 +90,7 @@ class TinyBackbone(Strict):
     vocab_size: PositiveInt
     llm: TinyLLM
     llm_pretrain: Pretrain
+    grounded_scenes: NonNegativeInt = 0  # scenes described in words then asked about, added to the LLM's pretraining
     clip: TinyCLIP
     clip_pretrain: Pretrain
 

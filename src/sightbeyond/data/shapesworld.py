@@ -105,12 +105,12 @@ def draw(scene: list[Shape], size: int, rng: random.Random) -> Image.Image:
     return img
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
 def _listing(scene: list[Shape]) -> str:
-    names = [f"{_article(s.name)} {s.name}" for s in scene]
+    names = [f"{article(s.name)} {s.name}" for s in scene]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
@@ -124,13 +124,13 @@ def conversation(scene: list[Shape], rng: random.Random) -> list[tuple[str, str]
     present = {s.kind: s for s in scene}
     absent = [k for k in SHAPES if k not in present]
     s, k = rng.choice(scene), rng.choice(absent)
-    turns = [(f"Is there {_article(s.kind)} {s.kind} in the image?", f"Yes, there is {_article(s.name)} {s.name} in the image."),
-             (f"Is there {_article(k)} {k} in the image?", f"No, there is no {k} in the image.")]
+    turns = [(f"Is there {article(s.kind)} {s.kind} in the image?", f"Yes, there is {article(s.name)} {s.name} in the image."),
+             (f"Is there {article(k)} {k} in the image?", f"No, there is no {k} in the image.")]
     rng.shuffle(turns)
     asks = [
         lambda s: (f"What color is the {s.kind}?", f"The {s.kind} is {s.color}."),
         lambda s: (f"Where is the {s.kind} located?", f"The {s.name} is in the {CELLS[s.cell]} of the image."),
-        lambda s: (f"What shape is {s.color}?", f"The {s.color} shape is {_article(s.kind)} {s.kind}."),
+        lambda s: (f"What shape is {s.color}?", f"The {s.color} shape is {article(s.kind)} {s.kind}."),
     ]
     for ask in rng.sample(asks, rng.randint(1, 2)):
         turns.append(ask(rng.choice(scene)))
@@ -144,7 +144,7 @@ def detail(scene: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
     n = len(scene)
     parts = [f"The image shows {'one shape' if n == 1 else f'{n} shapes'} on a dark background."]
     for s in sorted(scene, key=lambda s: s.cell):
-        parts.append(f"In the {CELLS[s.cell]} there is {_article(s.name)} {s.name}.")
+        parts.append(f"In the {CELLS[s.cell]} there is {article(s.name)} {s.name}.")
     empty = [CELLS[i] for i in range(len(CELLS)) if i not in {s.cell for s in scene}]
     if empty:
         parts.append(f"The {' and the '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty.")
@@ -199,7 +199,7 @@ def pope_questions(scenes: dict[str, list[Shape]], rng: random.Random) -> dict[s
             for kind, label in qs:
                 rows = splits[split]
                 rows.append({"question_id": len(rows) + 1, "image": image,
-                             "text": f"Is there {_article(kind)} {kind} in the image?", "label": label})
+                             "text": f"Is there {article(kind)} {kind} in the image?", "label": label})
     return splits
 
 
@@ -288,7 +288,7 @@ def mme_pair(subtask: str, scene: list[Shape], size: int, rng: random.Random) ->
     word = rng.choice(sorted(COLORS))
     match subtask:
         case "existence":
-            yes, no = (f"Is there {_article(k)} {k} in this image?" for k in (s.kind, _other(rng, SHAPES, *kinds)))
+            yes, no = (f"Is there {article(k)} {k} in this image?" for k in (s.kind, _other(rng, SHAPES, *kinds)))
         case "count":
             yes, no = (f"{'Are' if m > 1 else 'Is'} there exactly {m} shape{'s' * (m > 1)} in this image?"
                        for m in (n, _other(rng, range(1, 5), n)))
@@ -302,11 +302,11 @@ def mme_pair(subtask: str, scene: list[Shape], size: int, rng: random.Random) ->
                 other = sample_scene(rng, n)
             yes, no = (f'Is this picture titled "{_listing(sc)}"?' for sc in (scene, other))
         case "celebrity":
-            yes, no = (f"Is the {s.color} shape {_article(k)} {k}?" for k in (s.kind, _other(rng, SHAPES, s.kind)))
+            yes, no = (f"Is the {s.color} shape {article(k)} {k}?" for k in (s.kind, _other(rng, SHAPES, s.kind)))
         case "scene":
             yes, no = (f"Does this image show shapes on a {tone} background?" for tone in ("dark", "bright"))
         case "landmark":
-            yes, no = (f"Is there {_article(c)} {c} {s.kind} in this image?" for c in (s.color, _other(rng, sorted(COLORS), s.color)))
+            yes, no = (f"Is there {article(c)} {c} {s.kind} in this image?" for c in (s.color, _other(rng, sorted(COLORS), s.color)))
         case "artwork":
             yes, no = (f"Is this picture painted with some {c}?" for c in (s.color, _other(rng, sorted(COLORS), *colors)))
         case "OCR":
@@ -431,7 +431,7 @@ def write_unicorn(cfg: Synth, out: Path, rng: random.Random) -> None:
         if rng.random() < 0.5:
             kind = rng.choice([s.kind for s in scene]) if rng.random() < 0.5 else _other(rng, SHAPES, *(s.kind for s in scene))
             truth = "Yes" if kind in {s.kind for s in scene} else "No"
-            question, options = f"Is there {_article(kind)} {kind} in the image?", ["A. Yes", "B. No"]
+            question, options = f"Is there {article(kind)} {kind} in the image?", ["A. Yes", "B. No"]
             letter = "A" if truth == "Yes" else "B"
         else:
             truth = str(len(scene))
@@ -449,6 +449,6 @@ def write_unicorn(cfg: Synth, out: Path, rng: random.Random) -> None:
         (out / "sketchy-vqa" / name).parent.mkdir(parents=True, exist_ok=True)
         sketch(draw(shape, cfg.image_size, rng)).save(out / "sketchy-vqa" / name)
         kind = shape[0].kind if rng.random() < 0.5 else _other(rng, SHAPES, shape[0].kind)
-        sketchy.append({"image": name, "question": f"Is there {_article(kind)} {kind} in the image?",
+        sketchy.append({"image": name, "question": f"Is there {article(kind)} {kind} in the image?",
                         "answer": "Yes" if kind == shape[0].kind else "No"})
     (out / "sketchy-vqa/sketchy-vqa.json").write_text(json.dumps(sketchy, indent=1))

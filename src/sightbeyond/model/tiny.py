@@ -33,6 +33,44 @@ def corpus(synth_dir: Path) -> tuple[list[str], list[tuple[Path, str]]]:
     return texts, pairs
 
 
+def grounded_chats(n: int, seed: int) -> list[str]:
+    """`n` fresh scenes, each described in words where the image goes, then asked about.
+
+    Opt-in practice for the tiny LLM at reading its context, which a hub LLM does out of the box and ours cannot,
+    so that stage 1 has something to map an image into (README, "What the tiny backbone cannot show"). Three in four
+    are yes/no chats in the stage-2 templates (two present and two absent shapes), one in four LLaVA's `plain`
+    stage-1 layout: the description, then the same caption.
+    """
+    from sightbeyond.data import shapesworld as sw
+    from sightbeyond.model.llava import chat_template
+
+    if n == 0:
+        return []
+    rng = random.Random(seed)
+    bootstrap = train_tokenizer([sw.caption(sw.sample_scene(rng, 3)) for _ in range(50)], vocab_size=300)
+    out = []
+    for i in range(n):
+        scene = sw.sample_scene(rng, rng.randint(1, 3))
+        described = sw.caption(scene)
+        if i % 4 == 3:
+            out.append(f"{described}\n{described}\n")
+            continue
+        present = [s.kind for s in scene]
+        absent = [k for k in sw.SHAPES if k not in present]
+        asked = [(k, True) for k in rng.sample(present, min(2, len(present)))] + [(k, False) for k in rng.sample(absent, 2)]
+        rng.shuffle(asked)
+        messages = []
+        for kind, there in asked:
+            a = sw.article(kind)
+            answer = f"Yes, there is {a} {kind} in the image." if there else f"No, there is no {kind} in the image."
+            question = f"Is there {a} {kind} in the image?"
+            messages += [{"role": "user", "content": question if messages else f"{described}\n{question}"},
+                         {"role": "assistant", "content": answer}]
+        bootstrap.chat_template = chat_template(rng.choice(("v0", "v1", "llama_2")))
+        out.append(bootstrap.apply_chat_template(messages, tokenize=False).replace("<s>", "").replace("</s>", ""))
+    return out
+
+
 def chat_texts(chat: list[dict], seed: int) -> list[str]:
     """The stage-1 caption requests rendered, text only, in the conversation templates (v0, v1, llama_2).
 
@@ -137,6 +175,7 @@ def build(cfg: TinyBackbone, synth_dir: Path, out: Path, image_size: int) -> Non
     """Write `out/llm` (tokenizer + LLaMA) and `out/clip` (CLIP + image processor), as hub repos are laid out."""
     torch.manual_seed(cfg.seed)
     texts, pairs = corpus(synth_dir)
+    texts += grounded_chats(cfg.grounded_scenes, seed=cfg.seed + 1)
     with atomic_dir(out) as tmp:
         tokenizer = train_tokenizer(texts, cfg.vocab_size)
         llm = pretrain_llm(cfg, tokenizer, texts)
