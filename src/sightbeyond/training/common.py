@@ -10,6 +10,9 @@ import torch
 from sightbeyond.config import Params, Stage1Hparams, Stage2Hparams
 
 MODELS = Path("models")
+# Seeded before the model is built, not only by the Trainer after: the projector's initialisation, LoRA's and the
+# new image-token row of a hub LLM's embeddings are drawn before the Trainer exists.
+SEED = 0
 
 
 def stage1_dir(params: Params) -> Path:
@@ -39,7 +42,7 @@ def world_size() -> int:
 
 
 def sft_config(output_dir: Path, hparams: Stage1Hparams | Stage2Hparams, *, lr: float, save_steps: int | None,
-               seed: int = 0, **overrides):
+               **overrides):
     from trl import SFTConfig
 
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -63,7 +66,7 @@ def sft_config(output_dir: Path, hparams: Stage1Hparams | Stage2Hparams, *, lr: 
         save_steps=save_steps or 500,
         save_total_limit=2,  # the newest may be cut short by a kill; the one before is complete
         report_to="none",  # MLflow logging is ResumableMLflowCallback, which knows what a resumed run already holds
-        seed=seed,
+        seed=SEED,
         dataloader_num_workers=0,
         disable_tqdm=False,
         **overrides,

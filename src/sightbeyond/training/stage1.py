@@ -5,11 +5,12 @@ from __future__ import annotations
 from sightbeyond.config import Params
 from sightbeyond.data.prepare import split_dir
 from sightbeyond.io import atomic_dir, is_main_process
-from sightbeyond.training.common import sft_config, stage1_dir, trainer_dir, world_size
+from sightbeyond.training.common import SEED, sft_config, stage1_dir, trainer_dir, world_size
 
 
 def run(params: Params) -> None:
     from datasets import load_from_disk
+    from transformers import set_seed
     from trl import SFTTrainer
 
     from sightbeyond.model.llava import build_llava, load_processor, save_projector
@@ -17,6 +18,7 @@ def run(params: Params) -> None:
 
     hparams, out = params.hparams.stage1, stage1_dir(params)
     hparams.grad_accum(world_size())  # a batch that does not divide fails before the model loads
+    set_seed(SEED)
     processor = load_processor(params, template="plain")
     model = build_llava(params, processor.tokenizer)
     model.requires_grad_(False)

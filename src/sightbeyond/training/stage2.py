@@ -5,7 +5,7 @@ from __future__ import annotations
 from sightbeyond.config import Modality, Params, Tuning
 from sightbeyond.data.prepare import split_dir
 from sightbeyond.io import atomic_dir, is_main_process
-from sightbeyond.training.common import sft_config, stage1_dir, stage2_dir, trainer_dir, variant, world_size
+from sightbeyond.training.common import SEED, sft_config, stage1_dir, stage2_dir, trainer_dir, variant, world_size
 
 LLM_LINEAR = r"layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
@@ -24,6 +24,7 @@ def lora_config(params: Params, modality: Modality):
 
 def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     from datasets import load_from_disk
+    from transformers import set_seed
     from trl import SFTTrainer
 
     from sightbeyond.model.llava import build_llava, load_llm, load_processor, load_tokenizer
@@ -32,6 +33,7 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
 
     cfg, hparams, out = params.stage2, params.hparams.stage2, stage2_dir(params, tuning, modality)
     hparams.grad_accum(world_size())  # a batch that does not divide fails before the model loads
+    set_seed(SEED)
     if modality == "image":
         processing = load_processor(params)
         tokenizer = processing.tokenizer
