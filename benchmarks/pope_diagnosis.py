@@ -12,7 +12,6 @@ Run after `dvc repro`, from the repo root: `.venv/bin/python benchmarks/pope_dia
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -22,10 +21,10 @@ from sklearn.metrics import roc_auc_score
 
 from sightbeyond.config import load_params
 from sightbeyond.data import shapesworld as sw
-from sightbeyond.model.llava import SightLlava, build_llava, language_model_view, load_processor
-
-POPE = Path("data/shapesworld/pope/coco_pope_random.json")
-POPE_IMAGES = Path("data/shapesworld/coco/val2014")
+from sightbeyond.evaluation.mm_stage import read_pope
+from sightbeyond.model.extract import load_tuned
+from sightbeyond.model.llava import build_llava, language_model_view, load_processor
+from sightbeyond.training.common import stage1_dir
 
 
 @torch.inference_mode()
@@ -55,13 +54,13 @@ def text_questions(n_scenes: int, seed: int = 99) -> tuple[list[list[dict]], lis
     return conversations, present_labels
 
 
-def pope_auc(model, processor, rows: list[dict], batch: int = 50) -> float:
+def pope_auc(model, processor, rows: list[dict], images_dir: Path, batch: int = 50) -> float:
     scores = []
     for i in range(0, len(rows), batch):
         chunk = rows[i : i + batch]
         conversations = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": r["text"]}]}]
                          for r in chunk]
-        images = [Image.open(POPE_IMAGES / r["image"]).convert("RGB") for r in chunk]
+        images = [Image.open(images_dir / r["image"]).convert("RGB") for r in chunk]
         scores += yes_minus_no(model, processor, conversations, images)
     return roc_auc_score([r["label"] == "yes" for r in rows], scores)
 
@@ -69,25 +68,17 @@ def pope_auc(model, processor, rows: list[dict], batch: int = 50) -> float:
 def main() -> None:
     params = load_params()
     processor = load_processor(params)
-    stage1 = Path(f"models/{params.backbone}/stage1")
-    model = build_llava(params, processor.tokenizer, stage1).eval()
+    model = build_llava(params, processor.tokenizer, stage1_dir(params)).eval()
 
     conversations, labels = text_questions(100)
     scores = [s for c in conversations for s in yes_minus_no(language_model_view(model), processor, [c], None)]
     print(f"{'llm reads text':<32} AUC {roc_auc_score(labels, scores):.3f}")
 
-    rows = [json.loads(line) for line in POPE.read_text().splitlines() if line.strip()]
-    print(f"{'pope after stage 1':<32} AUC {pope_auc(model, processor, rows):.3f}")
+    rows, images_dir = read_pope(params.eval_mm.pope_dir / "coco_pope_random.json"), params.eval_mm.pope_images
+    print(f"{'pope after stage 1':<32} AUC {pope_auc(model, processor, rows, images_dir):.3f}")
     for tuning in params.grid.tuning:
-        out = Path(f"models/{params.backbone}/stage2/{params.data}/{tuning}-image")
-        if tuning == "lora":
-            from peft import PeftModel
-
-            tuned = PeftModel.from_pretrained(build_llava(params, processor.tokenizer, stage1), str(out)).eval()
-        else:
-            tuned = SightLlava.from_pretrained(out).eval()
-        print(f"{'pope after stage 2 ' + tuning + '-image':<32} AUC {pope_auc(tuned, processor, rows):.3f}")
-
+        tuned, _ = load_tuned(params, tuning, "image")
+        print(f"{'pope after stage 2 ' + tuning + '-image':<32} AUC {pope_auc(tuned, processor, rows, images_dir):.3f}")
 
 if __name__ == "__main__":
     main()
