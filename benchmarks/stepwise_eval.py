@@ -3,11 +3,14 @@ same documents; their times, the ratio per task and overall, and whether every p
 
     .venv/bin/python benchmarks/stepwise_eval.py                     # the default step-wise set, TruthfulQA mc2 too
     .venv/bin/python benchmarks/stepwise_eval.py --threads 1 --repeats 3
+    .venv/bin/python benchmarks/stepwise_eval.py --model models/backbones/smollm2/llm --limit 30
 
-The model is a randomly initialised LLaMA (hidden 256, 4 layers, 8 heads, LLaMA's 32000-token vocabulary: 19.6M
-parameters), fp32 on CPU or bf16 on a GPU, with a byte-level BPE tokenizer trained on the documents that adds BOS as
-LLaMA's does. The documents are the real samples of ../shared/data (the first 200 TruthfulQA questions, 300 rows of
-each ETHICS subset) when that folder exists, else the project's fixtures, read by the `local` source.
+The model is `--model` (a causal LM directory, with its tokenizer: SmolLM2 after `dvc exp run -S backbone=smollm2`)
+or by default a randomly initialised LLaMA (hidden 256, 4 layers, 8 heads, LLaMA's 32000-token vocabulary: 19.6M
+parameters) with a byte-level BPE tokenizer trained on the documents that adds BOS as LLaMA's does; fp32 on CPU or
+bf16 on a GPU. The documents are the real samples of ../shared/data (the first 200 TruthfulQA questions, 300 rows of
+each ETHICS subset) when that folder exists, else the project's fixtures, read by the `local` source; `--limit N`
+takes a fixed subsample of N documents per task (TruthfulQA) and 2N (each ETHICS subset), as step-wise evaluation does.
 
 A task's time is one evaluation of it, the best of `--repeats` after one warm-up (the step-wise evaluation runs at
 every eval step); the evaluator's one-off preparation (rendering and tokenising every request) is printed apart.
@@ -20,7 +23,6 @@ the two log-likelihoods of any choice.
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,33 +31,21 @@ import torch
 
 from sightbeyond.config import Stage2
 from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
-from sightbeyond.evaluation.nlp import evaluate_loaded, load_tasks, quiet
+from sightbeyond.evaluation.nlp import evaluate_loaded, fixed_subsample, load_tasks, quiet
 from sightbeyond.evaluation.stepwise_eval import StepwiseEvaluator
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-# the samples' names -> the release's names, which the `local` source reads
-SAMPLES = {
-    "truthfulqa/TruthfulQA.sample.csv": "truthfulqa/TruthfulQA.csv",
-    "ethics/commonsense/cm_test.sample.csv": "ethics/commonsense/cm_test.csv",
-    "ethics/deontology/deontology_test.sample.csv": "ethics/deontology/deontology_test.csv",
-    "ethics/justice/justice_test.sample.csv": "ethics/justice/justice_test.csv",
-    "ethics/utilitarianism/util_test.sample.csv": "ethics/utilitarianism/util_test.csv",
-    "ethics/virtue/virtue_test.sample.csv": "ethics/virtue/virtue_test.csv",
-}
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # the `local` source reads its *.sample.csv files
 DEFAULT_SET = Stage2.model_fields["stepwise_tasks"].default
 
 
-def data_root(out: Path) -> str:
+def data_root(scratch: Path) -> tuple[Path, str]:
     if SHARED.is_dir():
-        for sample, release in SAMPLES.items():
-            (out / release).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(SHARED / sample, out / release)
-        return f"real samples from {SHARED}"
-    write_nlp_fixtures(out)
-    return "the project's fixtures (no ../shared/data)"
+        return SHARED, f"real samples from {SHARED}"
+    write_nlp_fixtures(scratch)
+    return scratch, "the project's fixtures (no ../shared/data)"
 
 
-def tokenizer_for(root: Path):
+def tokenizer_for(root: Path):  # the random model's
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -78,6 +68,15 @@ def build_model(tokenizer, device: torch.device):
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     return LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
+
+
+def subsample(tasks, limit: int | None) -> dict[str, list[int]] | None:
+    """TruthfulQA's `limit` questions and twice as many rows of each ETHICS subset (their documents are shorter)."""
+    if limit is None:
+        return None
+    return {name: docs for name in tasks["tasks"]
+            for name, docs in fixed_subsample({"tasks": {name: tasks["tasks"][name]}},
+                                              limit * (2 if name.startswith("ethics") else 1)).items()}
 
 
 def best_time(run, repeats: int):
@@ -116,6 +115,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16, help="of both (HFLM's requests, the evaluator's rows)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, help="torch CPU threads (on a shared machine, 1 gives steadier times)")
+    p.add_argument("--model", type=Path, help="a causal LM directory with its tokenizer (default: a random LLaMA)")
+    p.add_argument("--limit", type=int, help="a fixed subsample: N TruthfulQA questions, 2N rows per ETHICS subset")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -123,13 +124,19 @@ def main() -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        source = data_root(root)
-        tokenizer = tokenizer_for(root)
-        model = build_model(tokenizer, device)
+        root, source = data_root(Path(tmp))
+        if args.model:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(args.model)
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+            model, name = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device).eval(), str(args.model)
+        else:
+            tokenizer = tokenizer_for(root)
+            model, name = build_model(tokenizer, device), "random LLaMA"
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"documents: {source}")
-        print(f"model: random LLaMA, {n_params / 1e6:.1f}M parameters, {next(model.parameters()).dtype} on {device}"
+        print(f"documents: {source}{'' if args.limit is None else f', subsample of {args.limit} per task (ETHICS {2 * args.limit})'}")
+        print(f"model: {name}, {n_params / 1e6:.1f}M parameters, {next(model.parameters()).dtype} on {device}"
               f"{'' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}; batch size {args.batch_size}")
         print(f"{'task':<24}{'docs':>6}{'HFLM (s)':>10}{'step-wise (s)':>15}{'ratio':>8}{'  agree':>14}"
               f"{'max |d ll|':>12}{'setup (s)':>11}")
@@ -139,10 +146,12 @@ def main() -> None:
         rows = [(name, [name]) for name in args.tasks] + [("default step-wise set", list(DEFAULT_SET))]
         for label, names in rows:
             tasks = load_tasks(names, "local", root)
+            samples = subsample(tasks, args.limit)
             start = time.perf_counter()
-            evaluator = StepwiseEvaluator(model, tokenizer, tasks, batch_size=args.batch_size)
+            evaluator = StepwiseEvaluator(model, tokenizer, tasks, samples=samples, batch_size=args.batch_size)
             setup = time.perf_counter() - start
-            t_hflm, reference = best_time(lambda: evaluate_loaded(hflm, tasks, log_samples=True), args.repeats)
+            t_hflm, reference = best_time(lambda: evaluate_loaded(hflm, tasks, samples=samples, log_samples=True),
+                                          args.repeats)
             t_fast, fast = best_time(evaluator.run, args.repeats)
             agree, total, worst = agreement(fast, reference)
             everything_agrees &= agree == total

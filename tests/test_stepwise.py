@@ -176,10 +176,45 @@ def test_best_metric_must_be_a_stepwise_metric(tmp_path, model_and_tokenizer):
 def test_from_params(params_for, tmp_path, model_and_tokenizer):
     write_nlp_fixtures(tmp_path, n_truthfulqa=3, n_ethics=3)
     params = params_for(**{"eval_nlp.source": "local", "eval_nlp.local_root": str(tmp_path), "eval_nlp.batch_size": 4,
-                           "stage2.stepwise_tasks": ["ethics_cm", "truthfulqa_mc1"], "stage2.stepwise_limit": 2,
+                           "stage2.stepwise_tasks": ["ethics_cm", "truthfulqa_mc1"], "presets.tiny.stage2.stepwise_limit": 2,
                            "stage2.best_metric": "truthfulqa_mc1/acc"})
     callback = StepwiseEval.from_params(params, model_and_tokenizer[1], logged_through=7)
     assert set(callback.tasks["tasks"]) == {"ethics_cm", "truthfulqa_mc1"}
     assert all(len(ids) == 2 for ids in callback.samples.values())
     assert (callback.every, callback.batch_size, callback.logged_through, callback.best_metric) == \
-        (params.stage2.eval_steps, 4, 7, "truthfulqa_mc1/acc")
+        (params.hparams.stage2.eval_steps, 4, 7, "truthfulqa_mc1/acc")
+
+
+def test_shared_prefix_lm_gives_hflms_samples(model_and_tokenizer, tmp_path):
+    """eval_nlp's lm-eval model: every task through lm-eval's own evaluation, the same per-document results as HFLM."""
+    from sightbeyond.evaluation.stepwise_eval import SharedPrefixLM
+
+    model, tokenizer = model_and_tokenizer
+    write_nlp_fixtures(tmp_path, seed=3, n_truthfulqa=5, n_ethics=6, n_other=3)
+    tasks = load_tasks(LOGLIKELIHOOD, "fixture", tmp_path)
+    ours = evaluate_loaded(SharedPrefixLM(pretrained=model, tokenizer=tokenizer, batch_size=4), tasks, log_samples=True)
+    reference = evaluate_loaded(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4), tasks, log_samples=True)
+    assert ours.samples.keys() == reference.samples.keys()
+    for task, samples in reference.samples.items():
+        for mine, theirs in zip(ours.samples[task], samples, strict=True):
+            assert mine["doc_id"] == theirs["doc_id"]
+            assert [r[0][0] for r in mine["resps"]] == pytest.approx([r[0][0] for r in theirs["resps"]], rel=1e-5, abs=1e-4)
+            assert [r[0][1] for r in mine["resps"]] == [r[0][1] for r in theirs["resps"]], (task, mine["doc_id"])
+    assert ours.metrics == pytest.approx(reference.metrics, abs=1e-6)
+
+
+def test_contexts_and_prefixes_are_computed_once(model_and_tokenizer, tmp_path):
+    """TruthfulQA mc1 and mc2 ask the same questions after the same 6-shot primer: one row per question, holding
+    every answer of both as branches, after one shared prefix."""
+    from sightbeyond.evaluation.stepwise_eval import MIN_SHARED_PREFIX
+
+    model, tokenizer = model_and_tokenizer
+    model.config.max_position_embeddings = 2048  # RoPE has no table: room for the primer without truncation
+    write_nlp_fixtures(tmp_path, n_truthfulqa=6, n_ethics=3)
+    tasks = load_tasks(["truthfulqa_mc1", "truthfulqa_mc2"], "fixture", tmp_path)
+    scorer = StepwiseEvaluator(model, tokenizer, tasks, batch_size=4).scorer
+    [cluster] = scorer.clusters
+    assert cluster.prefix.shape[1] > 100 and MIN_SHARED_PREFIX < 100  # the primer
+    docs = tasks["tasks"]["truthfulqa_mc1"].eval_docs
+    assert sum(chunk.input_ids.shape[0] for chunk in cluster.chunks) == len({d["question"] for d in docs}) > 1
+    assert scorer.n_requests == sum(len(d["mc1_targets"]["choices"]) + len(d["mc2_targets"]["choices"]) for d in docs)

@@ -1,15 +1,19 @@
-"""lm-eval's loglikelihood tasks scored exactly as `HFLM` scores them, but prepared once and run again and again on
-changing weights (step-wise evaluation during training): several times faster than lm-eval's `evaluate` with HFLM.
+"""lm-eval's loglikelihood requests scored exactly as `HFLM` scores them, with the work their prompts share done once.
 
-What lm-eval redoes on every call is done once here: the prompts are rendered and tokenised (by HFLM's own rules:
-the same tokens, the same left truncation) when the evaluator is built. Each call then only runs the model:
-- the longest token prefix every request of a task shares (TruthfulQA's 6-shot primer, MMLU's five shots of a
-  subject, an instruction) goes through the model once, and its key/value cache serves every request of the task;
-- requests whose inputs are the same tokens (ETHICS's " no" / " yes": one-token answers after the same prompt) share
-  one row, as HFLM's logits cache does;
+HFLM runs every (context, continuation) request as its own row. Here the requests, tokenised and truncated by HFLM's
+own rules, are planned as a tree of what they share:
+- requests whose contexts are the same tokens (the choices of one document: TruthfulQA's answers, ETHICS's " no" /
+  " yes"; and TruthfulQA mc1 and mc2 ask the same questions) form one row: the context once, each distinct
+  continuation after it as a branch that attends to the context and to itself only (a 4-D attention mask and explicit
+  positions), so the context is computed once instead of once per choice;
+- contexts that open with the same long run of tokens (TruthfulQA's 6-shot primer, MMLU's five shots of a subject,
+  a task's instruction) form a cluster: that prefix goes through the model once, and its key/value cache serves
+  every row of the cluster;
 - the vocabulary projection and softmax are computed only where a continuation token is scored.
-Each document's (log-likelihood, is-greedy) pairs then go through the task's own `process_results` and aggregation,
-and groups (MMLU) through lm-eval's group aggregation, so the metrics are lm-eval's.
+The plan is made once; `score` then only runs the model, so step-wise evaluation during training pays for the
+tokenising once (`StepwiseEvaluator`), and `eval_nlp` uses it through lm-eval's own evaluation (`SharedPrefixLM`).
+Each document's (log-likelihood, is-greedy) pairs go through the task's own `process_results` and aggregation, and
+groups (MMLU) through lm-eval's group aggregation, so the metrics are lm-eval's.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from lm_eval.models.huggingface import HFLM
 
 from sightbeyond.evaluation.nlp import metrics_from_results, quiet, reseed_fewshot
 
 _LOGLIKELIHOOD_TYPES = ("multiple_choice", "loglikelihood")
+MIN_SHARED_PREFIX = 8  # tokens: a shorter run shared by several contexts is not worth a cache of its own
 
 
 @dataclass
@@ -39,19 +45,189 @@ class StepwiseResult:
 
 
 @dataclass
-class _Request:
-    row: int                             # the model input it reads (several requests may share one)
-    continuation: list[int]
+class _Chunk:
+    """Rows (a context and its branches) after a shared prefix, right-padded; one forward pass."""
+
+    input_ids: torch.Tensor              # (rows, length)
+    position_ids: torch.Tensor           # (rows, length): after the prefix; a branch restarts where its context ends
+    segment: torch.Tensor                # (rows, length): 0 context, b > 0 the b-th branch, -1 padding
+    scored: torch.Tensor                 # (rows, length) bool: positions whose next-token distribution is read
+    token_index: torch.Tensor            # (scored tokens,): each continuation token's index among the scored positions
+    tokens: torch.Tensor                 # (scored tokens,): the continuation token
+    request: torch.Tensor                # (scored tokens,): the request it belongs to (chunk-local)
+    requests: list[int]                  # chunk-local request -> request
 
 
 @dataclass
-class _Chunk:
-    input_ids: torch.Tensor              # (rows, length): the rows' tokens after the shared prefix, right-padded
-    scored: torch.Tensor                 # (rows, length) bool: the positions whose next-token distribution is read
-    token_index: torch.Tensor            # (scored tokens,): for each request's continuation token, its scored position
-    tokens: torch.Tensor                 # (scored tokens,): the continuation token
-    request: torch.Tensor                # (scored tokens,): the request it belongs to (chunk-local)
-    requests: list[int]                  # chunk-local request -> task-wide request
+class _Cluster:
+    prefix: torch.Tensor | None          # (1, prefix length): computed once, its cache shared by every chunk
+    chunks: list[_Chunk]
+
+
+class SharedPrefixScorer:
+    """The plan for scoring `requests`, each (input tokens, continuation tokens) as HFLM feeds a causal LM: the
+    input is (context + continuation)[-(max_length + 1):][:-1] and its last len(continuation) positions predict the
+    continuation."""
+
+    def __init__(self, requests: list[tuple[tuple[int, ...], list[int]]], batch_size: int,
+                 min_prefix: int = MIN_SHARED_PREFIX):
+        self.n_requests = len(requests)
+        # a request's context: the input up to the position predicting its first continuation token
+        contexts: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]] = {}
+        for r, (inp, cont) in enumerate(requests):
+            cut = len(inp) - len(cont) + 1
+            contexts.setdefault(inp[:cut], {}).setdefault(inp[cut:], []).append(r)
+        self.clusters = [
+            _Cluster(None if not prefix else torch.tensor([prefix], dtype=torch.long),
+                     _chunks(members, contexts, requests, len(prefix), batch_size))
+            for prefix, members in _clusters(sorted(contexts), min_prefix)
+        ]
+
+    @torch.no_grad()
+    def score(self, model) -> list[tuple[float, bool]]:
+        """(log-likelihood, is-greedy) per request for the model's current weights, in its current mode (the
+        caller puts it in eval mode, as HFLM does)."""
+        from transformers import DynamicCache
+
+        device = model.device
+        scores: list[tuple[float, bool]] = [(0.0, False)] * self.n_requests
+        for cluster in self.clusters:
+            shared, prefix_length = None, 0
+            if cluster.prefix is not None:
+                shared, prefix_length = DynamicCache(config=model.config), cluster.prefix.shape[1]
+                model(input_ids=cluster.prefix.to(device), cache=shared, use_cache=True, logits_to_keep=1)
+            for chunk in cluster.chunks:
+                rows = chunk.input_ids.shape[0]
+                cache = None if shared is None else DynamicCache(
+                    [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v, *_ in shared],
+                    config=model.config)
+                mask = _attention_mask(chunk.segment, prefix_length, model).to(device)
+                # logits only at the scored positions, flattened row by row: (scored positions, vocabulary)
+                logits = model(input_ids=chunk.input_ids.to(device), position_ids=(chunk.position_ids + prefix_length).to(device),
+                               attention_mask=mask, cache=cache, use_cache=cache is not None,
+                               logits_to_keep=chunk.scored.to(device)).logits
+                # as HFLM: the log-softmax in the logits' dtype, a token greedy if it is its argmax, a request's sum
+                # accumulated in float32 and rounded once to that dtype (as torch's sum does)
+                logprobs = torch.log_softmax(logits[chunk.token_index.to(device)], dim=-1)
+                tokens = chunk.tokens.to(device)
+                token_logprobs = logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+                misses = (logprobs.argmax(dim=-1) != tokens).to(torch.int64)
+                n, request = len(chunk.requests), chunk.request.to(device)
+                logprob = torch.zeros(n, dtype=torch.float32, device=device).index_add_(0, request, token_logprobs.float())
+                logprob = logprob.to(token_logprobs.dtype)
+                missed = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, request, misses)
+                for r, lp, m in zip(chunk.requests, logprob.tolist(), missed.tolist()):
+                    scores[r] = (lp, m == 0)
+        return scores
+
+
+def _clusters(contexts: list[tuple[int, ...]], min_prefix: int) -> list[tuple[tuple[int, ...], list[tuple[int, ...]]]]:
+    """Sorted contexts cut into runs whose neighbours share at least `min_prefix` tokens; a run of two or more gets
+    the prefix all of it shares (one token short of its shortest context, which must still predict the first
+    continuation token), the rest go together with no prefix."""
+    runs: list[list[tuple[int, ...]]] = []
+    for context in contexts:
+        if runs and _common_prefix_length(runs[-1][-1], context) >= min_prefix:
+            runs[-1].append(context)
+        else:
+            runs.append([context])
+    out, alone = [], []
+    for run in runs:
+        length = min(_common_prefix_length(run[0], run[-1]), min(map(len, run)) - 1)  # sorted: the ends bound it
+        if len(run) > 1 and length >= min_prefix:
+            out.append((run[0][:length], run))
+        else:
+            alone += run
+    return out + ([((), alone)] if alone else [])
+
+
+def _common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _chunks(members: list[tuple[int, ...]], contexts: dict, requests: list, prefix: int, batch_size: int) -> list[_Chunk]:
+    def length(context) -> int:
+        return len(context) - prefix + sum(map(len, contexts[context]))
+
+    # longest first, as HFLM orders them: rows of a chunk have similar lengths, so little padding
+    order = sorted(members, key=lambda c: -length(c))
+    chunks = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = max(map(length, rows))
+        input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+        position_ids = torch.zeros(len(rows), width, dtype=torch.long)
+        segment = torch.full((len(rows), width), -1, dtype=torch.long)
+        positions, tokens, owner, chunk_requests = [], [], [], []
+        for b, context in enumerate(rows):
+            stem = context[prefix:]
+            input_ids[b, :len(stem)] = torch.tensor(stem, dtype=torch.long)
+            position_ids[b, :len(stem)] = torch.arange(len(stem))
+            segment[b, :len(stem)] = 0
+            at = len(stem)
+            for branch_number, (branch, members_) in enumerate(contexts[context].items(), start=1):
+                if branch:
+                    input_ids[b, at:at + len(branch)] = torch.tensor(branch, dtype=torch.long)
+                    position_ids[b, at:at + len(branch)] = torch.arange(len(stem), len(stem) + len(branch))
+                    segment[b, at:at + len(branch)] = branch_number
+                # the context's last position predicts the first continuation token, the branch the rest
+                where = [len(stem) - 1] + list(range(at, at + len(branch)))
+                for r in members_:
+                    positions += [(b, w) for w in where]
+                    tokens += requests[r][1]
+                    owner += [len(chunk_requests)] * len(where)
+                    chunk_requests.append(r)
+                at += len(branch)
+        scored = torch.zeros(len(rows), width, dtype=torch.bool)
+        rows_, columns = zip(*positions)
+        scored[list(rows_), list(columns)] = True
+        # the model returns the scored positions flattened row by row: each one's index there
+        flat = torch.full(scored.shape, -1, dtype=torch.long)
+        flat[scored] = torch.arange(int(scored.sum()))
+        chunks.append(_Chunk(input_ids, position_ids, segment, scored, flat[list(rows_), list(columns)],
+                             torch.tensor(tokens), torch.tensor(owner), chunk_requests))
+    return chunks
+
+
+def _attention_mask(segment: torch.Tensor, prefix: int, model) -> torch.Tensor:
+    """(rows, 1, length, prefix + length): every position sees the prefix; a context position sees the context before
+    it, a branch position the whole context and its branch up to itself; padding sees the prefix and itself only."""
+    rows, length = segment.shape
+    index = torch.arange(length)
+    real = segment >= 0
+    earlier = index[None, :, None] >= index[None, None, :]
+    same_tree = (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])
+    within = earlier & same_tree & real[:, None, :] & real[:, :, None]
+    within |= torch.eye(length, dtype=torch.bool)[None] & ~real[:, :, None]
+    mask = torch.cat([torch.ones(rows, length, prefix, dtype=torch.bool), within], dim=-1)[:, None]
+    if model.config._attn_implementation == "eager":  # additive, where SDPA takes booleans
+        return torch.zeros(mask.shape, dtype=model.dtype).masked_fill(~mask, torch.finfo(model.dtype).min)
+    return mask
+
+
+def encode(lm, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """TemplateLM.loglikelihood's tokenisation of one request, with HFLM's rules (an empty context is its prefix token)."""
+    if context == "":
+        tokens = lm.tok_encode(continuation, add_special_tokens=False)
+        return ([lm.prefix_token_id], tokens) if lm.prefix_token_id != tokens[0] else (tokens[:1], tokens[1:])
+    return lm._encode_pair(context, continuation)
+
+
+def truncated(lm, context: list[int], continuation: list[int]) -> tuple[tuple[int, ...], list[int]]:
+    """The model input HFLM feeds for a request: left-truncated to max_length, the last token dropped."""
+    return tuple((context + continuation)[-(lm.max_length + 1):][:-1]), continuation
+
+
+class SharedPrefixLM(HFLM):
+    """lm-eval's HFLM whose loglikelihood requests are scored by a `SharedPrefixScorer`: the same results, with the
+    shared contexts and prefixes computed once (module docstring). Everything else is HFLM's."""
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        if self.backend != "causal":
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        batch_size = override_bs or (self.batch_size if self.batch_size != "auto" else 16)
+        scorer = SharedPrefixScorer([truncated(self, ctx, cont) for _, ctx, cont in requests], batch_size)
+        return scorer.score(self.model)
 
 
 @dataclass
@@ -59,64 +235,47 @@ class _Task:
     name: str
     task: Any                            # lm-eval's Task
     docs: list[tuple[int, dict]]         # (doc_id as lm-eval's samples number it, doc)
-    requests_per_doc: list[list[int]]    # doc -> its requests, ordered by lm-eval's idx
-    prefix: torch.Tensor                 # (1, prefix length)
-    chunks: list[_Chunk]
-    n_requests: int
+    requests_per_doc: list[list[int]]    # doc -> its requests (scorer indices), ordered by lm-eval's idx
 
 
 class StepwiseEvaluator:
-    """Evaluates `model` (any causal LM of transformers taking `cache` and `logits_to_keep`; with LoRA unmerged too)
-    on the loglikelihood tasks of `tasks` (from `nlp.load_tasks`), on the documents `samples` names per task."""
+    """Evaluates `model` (any causal LM of transformers taking `cache`, `position_ids`, a 4-D attention mask and
+    `logits_to_keep`; with LoRA unmerged too) on the loglikelihood tasks of `tasks` (from `nlp.load_tasks`), on the
+    documents `samples` names per task. The requests of every task are planned together, once."""
 
     def __init__(self, model, tokenizer, tasks: dict[str, Any], *, samples: dict[str, list[int]] | None = None,
                  batch_size: int = 16):
-        from lm_eval.models.huggingface import HFLM
-
         self.model, self.groups = model, tasks.get("groups", {})
         reseed_fewshot(tasks)
+        requests: list[tuple[tuple[int, ...], list[int]]] = []
         with quiet():
             # HFLM's tokenisation and truncation rules, applied once to every request
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-            self.tasks = [self._prepare(name, task, lm, (samples or {}).get(name), batch_size)
+            self.tasks = [self._prepare(name, task, lm, (samples or {}).get(name), requests)
                           for name, task in tasks["tasks"].items()]
+        self.scorer = SharedPrefixScorer(requests, batch_size)
 
     @staticmethod
-    def _prepare(name: str, task, lm, indices: list[int] | None, batch_size: int) -> _Task:
+    def _prepare(name: str, task, lm, indices: list[int] | None, requests: list) -> _Task:
         if task.OUTPUT_TYPE not in _LOGLIKELIHOOD_TYPES or task.config.filter_list is not None:
             raise ValueError(f"{name}: step-wise evaluation scores loglikelihood tasks without filters; "
                              f"{name} is {task.OUTPUT_TYPE}")
         task.build_all_requests(samples=indices, rank=0, world_size=1)
         docs = list(task.doc_iterator(rank=0, world_size=1, samples=indices))
-        instances = sorted(task.instances, key=lambda inst: (inst.doc_id, inst.idx))
         position = {doc_id: i for i, (doc_id, _) in enumerate(docs)}
         requests_per_doc: list[list[int]] = [[] for _ in docs]
-        inputs, continuations = [], []
-        for r, instance in enumerate(instances):
-            requests_per_doc[position[instance.doc_id]].append(r)
-            context, continuation = _encode(lm, *instance.args)
-            whole = (context + continuation)[-(lm.max_length + 1):]
-            inputs.append(tuple(whole[:-1]))
-            continuations.append(continuation)
-        rows = list(dict.fromkeys(inputs))
-        row_of = {row: i for i, row in enumerate(rows)}
-        requests = [_Request(row_of[inp], cont) for inp, cont in zip(inputs, continuations)]
-        # Every scored position must come after the shared prefix: the first scored one of a request is the one
-        # predicting its first continuation token.
-        prefix_length = min(_common_prefix_length(rows), *(len(inp) - len(c) for inp, c in zip(inputs, continuations)))
-        prefix = torch.tensor([rows[0][:prefix_length]], dtype=torch.long)
-        docs_ = [(indices[doc_id] if indices else doc_id, doc) for doc_id, doc in docs]
-        return _Task(name, task, docs_, requests_per_doc, prefix,
-                     _chunks(rows, requests, prefix_length, batch_size), len(requests))
+        for instance in sorted(task.instances, key=lambda inst: (inst.doc_id, inst.idx)):
+            requests_per_doc[position[instance.doc_id]].append(len(requests))
+            requests.append(truncated(lm, *encode(lm, *instance.args)))
+        return _Task(name, task, [(indices[doc_id] if indices else doc_id, doc) for doc_id, doc in docs], requests_per_doc)
 
-    @torch.no_grad()
     def run(self) -> StepwiseResult:
         """The tasks' metrics and per-document results for the model's current weights (in its current mode: the
         caller puts it in eval mode, as HFLM does)."""
+        scores = self.scorer.score(self.model)
         results: dict[str, dict[str, Any]] = {}
         docs: dict[str, list[DocResult]] = {}
         for task in self.tasks:
-            scores = self._loglikelihoods(task)
             docs[task.name] = [
                 DocResult(doc_id, [scores[r][0] for r in requests], [scores[r][1] for r in requests],
                           task.task.process_results(doc, [scores[r] for r in requests]))
@@ -127,85 +286,6 @@ class StepwiseEvaluator:
             results[group.name] = group.aggregate(results)
         return StepwiseResult(metrics_from_results(results), docs)
 
-    def _loglikelihoods(self, task: _Task) -> list[tuple[float, bool]]:
-        from transformers import DynamicCache
-
-        device = self.model.device
-        shared = None
-        if task.prefix.shape[1]:
-            shared = DynamicCache(config=self.model.config)
-            self.model(input_ids=task.prefix.to(device), cache=shared, use_cache=True, logits_to_keep=1)
-        scores: list[tuple[float, bool]] = [(0.0, False)] * task.n_requests
-        for chunk in task.chunks:
-            cache = None
-            if shared is not None:
-                rows = chunk.input_ids.shape[0]
-                cache = DynamicCache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v, *_ in shared],
-                                     config=self.model.config)
-            # logits only at the scored positions, flattened row by row: (scored positions, vocabulary)
-            logits = self.model(input_ids=chunk.input_ids.to(device), cache=cache, use_cache=cache is not None,
-                                logits_to_keep=chunk.scored.to(device)).logits
-            # as HFLM: the log-softmax in the logits' dtype, a token greedy if it is its argmax, a request's sum
-            # accumulated in float32 and rounded once to that dtype (as torch's sum does)
-            logprobs = torch.log_softmax(logits[chunk.token_index.to(device)], dim=-1)
-            tokens = chunk.tokens.to(device)
-            token_logprobs = logprobs.gather(-1, tokens[:, None]).squeeze(-1)
-            misses = (logprobs.argmax(dim=-1) != tokens).to(torch.int64)
-            n = len(chunk.requests)
-            request = chunk.request.to(device)
-            logprob = torch.zeros(n, dtype=torch.float32, device=device).index_add_(0, request, token_logprobs.float())
-            logprob = logprob.to(token_logprobs.dtype)
-            missed = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, request, misses)
-            for r, lp, m in zip(chunk.requests, logprob.tolist(), missed.tolist()):
-                scores[r] = (lp, m == 0)
-        return scores
-
-
-def _encode(lm, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    # TemplateLM.loglikelihood's tokenisation of one request, with HFLM's rules (an empty context is its prefix token)
-    if context == "":
-        tokens = lm.tok_encode(continuation, add_special_tokens=False)
-        return ([lm.prefix_token_id], tokens) if lm.prefix_token_id != tokens[0] else (tokens[:1], tokens[1:])
-    return lm._encode_pair(context, continuation)
-
-
-def _common_prefix_length(rows: list[tuple[int, ...]]) -> int:
-    first, last = min(rows), max(rows)  # the lexicographic extremes bound every row's common prefix
-    return next((i for i, (a, b) in enumerate(zip(first, last)) if a != b), min(len(first), len(last)))
-
-
-def _chunks(rows: list[tuple[int, ...]], requests: list[_Request], prefix: int, batch_size: int) -> list[_Chunk]:
-    by_row: dict[int, list[int]] = {}
-    for r, request in enumerate(requests):
-        by_row.setdefault(request.row, []).append(r)
-    # longest first, as HFLM orders them: rows of a chunk have similar lengths, so little padding
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-    chunks = []
-    for start in range(0, len(order), batch_size):
-        chunk_rows = order[start:start + batch_size]
-        length = max(len(rows[i]) for i in chunk_rows) - prefix
-        input_ids = torch.zeros(len(chunk_rows), length, dtype=torch.long)
-        scored = torch.zeros(len(chunk_rows), length, dtype=torch.bool)
-        positions, tokens, owner, chunk_requests = [], [], [], []
-        for b, i in enumerate(chunk_rows):
-            tail = rows[i][prefix:]
-            input_ids[b, :len(tail)] = torch.tensor(tail)
-            for r in by_row[i]:
-                cont = requests[r].continuation
-                first = len(tail) - len(cont)
-                scored[b, first:len(tail)] = True
-                positions += [(b, first + t) for t in range(len(cont))]
-                tokens += cont
-                owner += [len(chunk_requests)] * len(cont)
-                chunk_requests.append(r)
-        # the model returns the scored positions flattened row by row: each one's index there
-        flat = torch.full(scored.shape, -1, dtype=torch.long)
-        flat[scored] = torch.arange(int(scored.sum()))
-        rows_, columns = zip(*positions)
-        chunks.append(_Chunk(input_ids, scored, flat[list(rows_), list(columns)], torch.tensor(tokens),
-                             torch.tensor(owner), chunk_requests))
-    return chunks
-
 
 def _aggregate(task, docs: list[DocResult]) -> dict[str, Any]:
     """lm-eval's per-task result: each metric's aggregation over the documents, keyed "<metric>,none"."""
@@ -215,4 +295,3 @@ def _aggregate(task, docs: list[DocResult]) -> dict[str, Any]:
             values.setdefault(metric, []).append(value)
     aggregation = task.aggregation()
     return {f"{metric},none": aggregation[metric](vs) for metric, vs in values.items()} | {"sample_len": len(docs)}
-
