@@ -185,14 +185,16 @@ def evaluate_llm(
     batch_size: int = 8,
     log_samples: bool = False,
 ) -> NLPResult:
-    """lm-eval's simple_evaluate of a causal LM on `task_names`.
+    """lm-eval's simple_evaluate of a causal LM on `task_names`, its loglikelihood requests scored with their shared
+    contexts computed once (`SharedPrefixLM`: HFLM's results, several times faster on TruthfulQA).
 
     `model` is a local model directory or a loaded model, which is evaluated in place: its train/eval
     mode and the global RNG states are restored after.
     """
     import lm_eval
     import torch
-    from lm_eval.models.huggingface import HFLM
+
+    from sightbeyond.evaluation.stepwise_eval import SharedPrefixLM
 
     task_names = list(task_names)
     is_path = isinstance(model, (str, Path))
