@@ -373,6 +373,18 @@ def test_missing_file_names_benchmark_and_file(tmp_path):
     assert str(paths["mmlu/data/dev/virology_dev.csv"]) in str(error.value)
 
 
+def test_samples_named_like_the_release_are_read(tmp_path):
+    """The real samples in ../shared/data are `<release name>.sample.csv`; the release's own file wins if both exist."""
+    paths = write_nlp_fixtures(tmp_path, **SMALL)
+    release = paths["truthfulqa/TruthfulQA.csv"]
+    sample = release.with_name("TruthfulQA.sample.csv")
+    release.rename(sample)
+    _rewrite_csv(sample, lambda rows: rows.__delitem__(slice(3, None)), encoding="utf-8-sig")  # header, two questions
+    assert len(load_tasks(["truthfulqa_mc1"], "local", tmp_path)["tasks"]["truthfulqa_mc1"].eval_docs) == 2
+    write_nlp_fixtures(tmp_path, **SMALL)
+    assert len(load_tasks(["truthfulqa_mc1"], "local", tmp_path)["tasks"]["truthfulqa_mc1"].eval_docs) == SMALL["n_truthfulqa"]
+
+
 def test_unknown_benchmark():
     from sightbeyond.config import ConfigError
 

@@ -128,10 +128,7 @@ def _local(bench: Benchmark, config: dict[str, Any], data_root: Path) -> dict[st
     from sightbeyond.evaluation.local_docs import read
 
     subset = config.get("dataset_name")
-    files = {split: data_root / rel.format(dataset_name=subset) for split, rel in bench.files.items()}
-    for path in files.values():
-        if not path.is_file():
-            raise FileNotFoundError(f"{bench.name}: data file not found: {path}")
+    files = {split: release_file(bench, data_root / rel.format(dataset_name=subset)) for split, rel in bench.files.items()}
     load = functools.partial(read, bench.reader, files, subset)
     if "class" in config:
         from sightbeyond.evaluation.squad_v2 import local_squad2
@@ -144,6 +141,16 @@ def _local(bench: Benchmark, config: dict[str, Any], data_root: Path) -> dict[st
         "custom_dataset": load,
         **{key: None for key in _SPLITS if config.get(key) and config[key] not in files},
     }
+
+
+def release_file(bench: Benchmark, path: Path) -> Path:
+    """The release's file, or a sample of it in the same layout named `<name>.sample<suffix>` (the real samples in
+    ../shared/data) where the release itself is not there."""
+    sample = path.with_name(f"{path.stem}.sample{path.suffix}")
+    for candidate in (path, sample):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{bench.name}: data file not found: {path} (nor a sample of it, {sample.name})")
 
 
 def load_tasks(names: Iterable[str], source: Source, data_root: Path | None) -> dict[str, Any]:
@@ -204,9 +211,9 @@ def evaluate_llm(
         try:
             if is_path:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-                lm = HFLM(pretrained=str(model), tokenizer=tokenizer, batch_size=batch_size, device=device)
+                lm = SharedPrefixLM(pretrained=str(model), tokenizer=tokenizer, batch_size=batch_size, device=device)
             else:
-                lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+                lm = SharedPrefixLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
             results = lm_eval.simple_evaluate(model=lm, tasks=[b.task for b in select(task_names)], task_manager=manager,
                                               limit=limit, log_samples=log_samples, **SEEDS)
         finally:
