@@ -52,6 +52,7 @@ def test_perception_and_cognition_sum_their_subtasks():
     assert m["mme/code_reasoning"] == pytest.approx(200)
     assert m["mme/perception"] == pytest.approx(100 * (1 / 2 + 1 / 3))
     assert m["mme/cognition"] == pytest.approx(200)
+    assert m["mme/unreadable"] == pytest.approx(3 / 10)  # the parser's "other": three of EXISTENCE's six answers
 
 
 def test_lines_out_of_order_stop():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sightbeyond.evaluation.pope import parse_answer, pope_metrics, score_pope
+from sightbeyond.evaluation.pope import parse_answer, pope_metrics, readable, score_pope
 
 
 @pytest.mark.parametrize("answer, parsed", [
@@ -32,6 +32,15 @@ def test_metrics_on_a_hand_counted_example():
     assert m["recall"] == pytest.approx(1 / 2)
     assert m["f1"] == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
     assert m["yes_ratio"] == pytest.approx(3 / 5)
+    assert m["unreadable"] == pytest.approx(1 / 5)  # "" is read as yes, but says neither
+
+
+@pytest.mark.parametrize("answer, readable_", [
+    ("Yes, there is a dog.", True), ("yes.", True), ("No.", True), ("There is not a dog.", True),
+    ("A dog on a sofa.", False), ("", False), ("The image shows yes-men. No.", False),
+])
+def test_unreadable_answers_are_told_apart_from_wrong_ones(answer, readable_):
+    assert readable(answer) is readable_
 
 
 def test_answers_must_match_questions():

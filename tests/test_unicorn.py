@@ -86,14 +86,14 @@ def test_sketchy_accuracy_leaves_unparsed_answers_out():
     answers = ["Yes", "No, there is not.", "", "I can't tell", "There is no dog."]
     # parsed: yes (right), no (right), -, -, no (wrong): 2 of the 3 parsed
     m = sketchy_accuracy(items, [{"image": i["image"], "answer": a} for i, a in zip(items, answers)])
-    assert m == {"acc": 2 / 3, "unparsed": 2}
+    assert m == {"acc": 2 / 3, "unparsed": 2, "unreadable": 2 / 5}
 
 
 def test_sketchy_with_nothing_parsed_is_undefined():
     items = [{"image": "a.png", "answer": "Yes"}]
     with pytest.warns(UserWarning, match="undefined"):
         m = sketchy_accuracy(items, [{"image": "a.png", "answer": "I can't tell"}])
-    assert math.isnan(m["acc"]) and m["unparsed"] == 1
+    assert math.isnan(m["acc"]) and m["unparsed"] == 1 and m["unreadable"] == 1
 
 
 def write(root, task, items):

@@ -227,7 +227,8 @@ def eval_unicorn(ask: Generator, data: dict, cfg: EvalMM, done: dict) -> dict[st
                       "parsed": [unicorn.sketchy_parse(a) or "unparsed" for a in sketch_answers]},
                      artifact_file="unicorn_sketch_predictions.json")
     return {"unicorn_oodcv/acc": ood["acc"], "unicorn_oodcv/scored": ood["scored"],
-            "unicorn_sketch/acc": sk["acc"], "unicorn_sketch/unparsed": sk["unparsed"]}
+            "unicorn_sketch/acc": sk["acc"], "unicorn_sketch/unparsed": sk["unparsed"],
+            "unicorn_sketch/unreadable": sk["unreadable"]}
 
 
 FAMILIES = {"mme": eval_mme, "pope": eval_pope, "coco": eval_captions("coco"), "flickr30k": eval_captions("flickr30k"),
@@ -254,10 +255,10 @@ def run(params: Params, tuning: Tuning) -> None:
     name = f"{params.data}-{variant(tuning, 'image')}"
     metrics: dict[str, float] = {}
     for family in sorted(cfg.benchmarks, key=list(FAMILIES).index):  # coco before coco_c, which compares with it
-        with stage_run("eval_mm", params, name=f"eval_mm-{params.backbone}-{name}-{family}",
+        with stage_run("eval_mm", params, name=f"eval_mm-{params.backbone_key}-{name}-{family}",
                        tags={"tuning": tuning, "modality": "image", "model": name, "family": family},
                        param_sections=("eval_mm",), inputs=[stage2_dir(params, tuning, "image"), *family_inputs(cfg, family)]):
             got = FAMILIES[family](ask, data, cfg, metrics)
             mlflow.log_metrics(got)
         metrics |= got
-    write_json(RESULTS / f"{params.backbone}-{name}.json", metrics)
+    write_json(RESULTS / f"{params.backbone_key}-{name}.json", metrics)

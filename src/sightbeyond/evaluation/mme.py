@@ -103,8 +103,11 @@ def mme_metrics(results: dict[str, list[str]]) -> dict[str, float]:
     if unknown:
         raise ValueError(f"not MME subtasks: {sorted(unknown)}")
     scores = {subtask: score_subtask(lines)["score"] for subtask, lines in results.items()}
+    answers = [line.rstrip("\n").split("\t")[3] for lines in results.values() for line in lines]
     return {
         "mme/perception": sum(s for t, s in scores.items() if t in PERCEPTION),
         "mme/cognition": sum(s for t, s in scores.items() if t in COGNITION),
         **{f"mme/{t}": s for t, s in scores.items()},
+        # the parser's "other": neither yes nor no, so wrong answers and unreadable ones can be told apart
+        "mme/unreadable": sum(parse_answer(a) == "other" for a in answers) / len(answers),
     }

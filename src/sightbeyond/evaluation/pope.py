@@ -5,12 +5,25 @@ from __future__ import annotations
 from sightbeyond.evaluation.predictions import answers_in_order
 
 
-def parse_answer(text: str) -> str:
-    """First sentence, commas dropped; "No", "not" or "no" among its words means no, anything else yes."""
+NO_WORDS = ("No", "not", "no")
+
+
+def _first_sentence_words(text: str) -> list[str]:
     if "." in text:
         text = text.split(".")[0]
-    words = text.replace(",", "").split(" ")
-    return "no" if any(w in words for w in ("No", "not", "no")) else "yes"
+    return text.replace(",", "").split(" ")
+
+
+def parse_answer(text: str) -> str:
+    """First sentence, commas dropped; "No", "not" or "no" among its words means no, anything else yes."""
+    return "no" if any(w in _first_sentence_words(text) for w in NO_WORDS) else "yes"
+
+
+def readable(text: str) -> bool:
+    """Whether the first sentence says yes or no at all. The official parser reads anything without a no-word as
+    yes, so an answer that is neither (a caption, an empty string) counts as a yes; this tells them apart."""
+    words = _first_sentence_words(text)
+    return any(w in words for w in NO_WORDS) or any(w.strip("!?;:").lower() == "yes" for w in words)
 
 
 def pope_metrics(labels: list[str], answers: list[str]) -> dict[str, float]:
@@ -30,6 +43,7 @@ def pope_metrics(labels: list[str], answers: list[str]) -> dict[str, float]:
         "recall": recall,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "yes_ratio": sum(preds) / len(preds),
+        "unreadable": sum(not readable(a) for a in answers) / len(answers),
     }
 
 

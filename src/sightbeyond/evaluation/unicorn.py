@@ -109,4 +109,5 @@ def sketchy_accuracy(items: list[dict], predictions: list[dict]) -> dict[str, fl
     scored = [pred == truth for pred, truth in parsed if pred is not None]
     if not scored:
         warnings.warn("Sketchy-VQA: no answer says yes or no, so the official accuracy is undefined (NaN)", stacklevel=2)
-    return {"acc": sum(scored) / len(scored) if scored else math.nan, "unparsed": len(parsed) - len(scored)}
+    return {"acc": sum(scored) / len(scored) if scored else math.nan, "unparsed": len(parsed) - len(scored),
+            "unreadable": (len(parsed) - len(scored)) / len(parsed)}
