@@ -1,36 +1,54 @@
-"""Where the image signal is lost on the tiny backbone: can the LLM read its context, and does POPE follow?
+"""Where the image signal is lost on the way to POPE's answer: in CLIP, in the projector, or in the LLM?
 
-Scores every answer by logit(" Yes") - logit(" No") at the answer position and prints the AUC of present against absent
-objects (0.5 is chance; unlike accuracy it does not depend on where a yes-biased model puts its threshold) for:
-- `llm reads text`: the base LLM, with a ShapesWorld caption in words where the image goes, then a POPE question
-  ("Is there a star in the image?") about a present or an absent shape;
-- `pope after stage 1`: the base LLM with the stage-1 projector, on POPE-random;
-- `pope after stage 2 <variant>`: each image-tuned stage-2 model of the grid, on POPE-random.
+Linear probes (logistic regression, one per shape, trained on the stage-1 images whose captions name their shapes,
+scored on POPE-random's held-out questions, balanced present/absent) on
+- `clip features`: the vision tower's patch features at `model.vision_feature_layer`, what the projector reads;
+- `projector outputs`: the stage-1 projector's image tokens, what the LLM reads (stage 2's for each variant);
+and the LLM's own answer, scored by logit(yes) - logit(no) at the answer's first token, as the AUC of present against
+absent objects (0.5 is chance; unlike accuracy it does not depend on where a yes-biased model puts its threshold):
+- `llm reads text`: the base LLM, with a ShapesWorld caption in words where the image goes, then a POPE question;
+- `pope after stage 1`: the base LLM with the stage-1 projector;
+- `pope after stage 2 <variant>`: each image-tuned stage-2 model of the grid.
 
-Run after `dvc repro`, from the repo root: `.venv/bin/python benchmarks/pope_diagnosis.py`.
+Run after `dvc repro` (or `dvc exp run -S backbone=smollm2`), from the repo root:
+    .venv/bin/python benchmarks/pope_diagnosis.py [-S backbone=smollm2]
 """
 
 from __future__ import annotations
 
+import argparse
 import random
+import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from sightbeyond.cli import _overrides
 from sightbeyond.config import load_params
 from sightbeyond.data import shapesworld as sw
 from sightbeyond.evaluation.mm_stage import read_pope
 from sightbeyond.model.extract import load_tuned
 from sightbeyond.model.llava import build_llava, language_model_view, load_processor
-from sightbeyond.training.common import stage1_dir
+from sightbeyond.training.common import stage1_dir, stage2_dir
+
+
+def first_answer_token(processor, conversation: list[dict], answer: str) -> int:
+    """The token an assistant answer starts with in this template (" Yes" after v1's "ASSISTANT:", "Yes" in ChatML)."""
+    tokenizer = processor.tokenizer
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    full = processor.apply_chat_template(conversation + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}])
+    a, b = (tokenizer(t, add_special_tokens=False).input_ids for t in (prompt, full))
+    return b[next(i for i, (x, y) in enumerate(zip(a, b)) if x != y) if a != b[:len(a)] else len(a)]
 
 
 @torch.inference_mode()
 def yes_minus_no(model, processor, conversations: list[list[dict]], images: list[Image.Image] | None) -> list[float]:
     tokenizer = processor.tokenizer
-    yes, no = (tokenizer.convert_tokens_to_ids(tokenizer.tokenize(w))[0] for w in (" Yes", " No"))
+    yes, no = (first_answer_token(processor, conversations[0], w) for w in ("Yes, there is", "No, there is no"))
     prompts = [processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
     if images is None:
         inputs = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False)
@@ -65,20 +83,70 @@ def pope_auc(model, processor, rows: list[dict], images_dir: Path, batch: int = 
     return roc_auc_score([r["label"] == "yes" for r in rows], scores)
 
 
+@torch.inference_mode()
+def image_features(model, processor, paths: list[Path], batch: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, flattened: the CLIP patch features the projector reads, and the projector's image tokens."""
+    clip, projected = [], []
+    for i in range(0, len(paths), batch):
+        pixels = processor.image_processor([Image.open(p).convert("RGB") for p in paths[i:i + batch]],
+                                           return_tensors="pt").pixel_values
+        hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+        patches = hidden[model.config.vision_feature_layer][:, 1:]  # CLS dropped, as the "default" selection does
+        clip.append(patches.flatten(1))
+        projected.append(model.model.multi_modal_projector(patches).flatten(1))
+    return torch.cat(clip).numpy(), torch.cat(projected).numpy()
+
+
+def probe_accuracy(train: np.ndarray, present: list[set[str]], test: np.ndarray, questions: list[tuple[int, str, bool]]) -> float:
+    """One logistic regression per shape on the training images; accuracy on the (image, shape, present) questions."""
+    mean, scale = train.mean(0), train.std(0) + 1e-6
+    train, test = (train - mean) / scale, (test - mean) / scale
+    probes = {kind: LogisticRegression(max_iter=2000, C=0.1).fit(train, [kind in p for p in present]) for kind in sw.SHAPES}
+    return float(np.mean([probes[kind].predict(test[i:i + 1])[0] == there for i, kind, there in questions]))
+
+
 def main() -> None:
-    params = load_params()
+    cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override params.yaml")
+    params = load_params(overrides=_overrides(cli.parse_args().set))
+    torch.manual_seed(0)
     processor = load_processor(params)
     model = build_llava(params, processor.tokenizer, stage1_dir(params)).eval()
 
+    pairs = read_stage1_pairs(params)
+    rows, images_dir = read_pope(params.eval_mm.pope_dir / "coco_pope_random.json"), params.eval_mm.pope_images
+    pope_images = sorted({r["image"] for r in rows})
+    questions = [(pope_images.index(r["image"]), re.search(r"Is there an? (\w+)", r["text"])[1], r["label"] == "yes")
+                 for r in rows]
+    print(f"backbone {params.backbone}; POPE-random: {len(rows)} questions on {len(pope_images)} images, "
+          f"{np.mean([q[2] for q in questions]):.2f} present; probes trained on {len(pairs)} stage-1 images")
+    train = image_features(model, processor, [p for p, _ in pairs])
+    test = image_features(model, processor, [images_dir / i for i in pope_images])
+    present = [{k for k in sw.SHAPES if re.search(rf"\b{k}\b", caption)} for _, caption in pairs]
+    for name, i in (("clip features", 0), ("projector outputs (stage 1)", 1)):
+        print(f"{'probe: ' + name:<40} accuracy {probe_accuracy(train[i], present, test[i], questions):.3f}")
+
     conversations, labels = text_questions(100)
     scores = [s for c in conversations for s in yes_minus_no(language_model_view(model), processor, [c], None)]
-    print(f"{'llm reads text':<32} AUC {roc_auc_score(labels, scores):.3f}")
-
-    rows, images_dir = read_pope(params.eval_mm.pope_dir / "coco_pope_random.json"), params.eval_mm.pope_images
-    print(f"{'pope after stage 1':<32} AUC {pope_auc(model, processor, rows, images_dir):.3f}")
+    print(f"{'llm reads text':<40} AUC {roc_auc_score(labels, scores):.3f}")
+    print(f"{'pope after stage 1':<40} AUC {pope_auc(model, processor, rows, images_dir):.3f}")
     for tuning in params.grid.tuning:
+        if not (path := stage2_dir(params, tuning, "image")).is_dir():
+            print(f"pope after stage 2 {tuning}-image: no model at {path}")
+            continue
         tuned, _ = load_tuned(params, tuning, "image")
-        print(f"{'pope after stage 2 ' + tuning + '-image':<32} AUC {pope_auc(tuned, processor, rows, images_dir):.3f}")
+        projected = image_features(tuned, processor, [p for p, _ in pairs]), image_features(tuned, processor, [images_dir / i for i in pope_images])
+        print(f"{'probe: projector outputs (' + tuning + '-image)':<40} accuracy "
+              f"{probe_accuracy(projected[0][1], present, projected[1][1], questions):.3f}")
+        print(f"{'pope after stage 2 ' + tuning + '-image':<40} AUC {pope_auc(tuned, processor, rows, images_dir):.3f}")
+
+
+def read_stage1_pairs(params) -> list[tuple[Path, str]]:
+    import json
+
+    chat = json.loads(params.prepare.stage1_file.read_text())
+    return [(params.prepare.stage1_images / r["image"], r["conversations"][1]["value"]) for r in chat]
+
 
 if __name__ == "__main__":
     main()

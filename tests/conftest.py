@@ -49,7 +49,8 @@ def params_for(tiny_backbone):
     """params.yaml with the tiny backbone pointed at the test's random one, plus any overrides."""
 
     def make(**overrides):
-        base = {"backbones.tiny.llm": str(tiny_backbone / "llm"), "backbones.tiny.vision": str(tiny_backbone / "clip")}
+        base = {"backbones.tiny.llm": str(tiny_backbone / "llm"), "backbones.tiny.vision": str(tiny_backbone / "clip"),
+                "backbones.tiny.build": None}  # weights of its own, not the `backbone` stage's
         return load_params(ROOT / "params.yaml", overrides=base | overrides)
 
     return make
@@ -79,7 +80,7 @@ def tiny_project(tmp_path, params_for):
     def make(name: str = "project", rows: int = 200, **overrides) -> Path:
         root = tmp_path / name
         root.mkdir()
-        params = params_for(**{"eval_nlp.tasks": ["ethics_cm"], "stage2.stepwise_tasks": ["ethics_cm"], "stage2.stepwise_limit": 4, **overrides})
+        params = params_for(**{"eval_nlp.tasks": ["ethics_cm"], "stage2.stepwise_tasks": ["ethics_cm"], "presets.tiny.stage2.stepwise_limit": 4, **overrides})
         (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
         conversations = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
                          for q, a in (line.split("? ", 1) for line in CORPUS if "? " in line)]

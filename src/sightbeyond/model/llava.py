@@ -20,7 +20,7 @@ from transformers import (
 )
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-from sightbeyond.config import Params
+from sightbeyond.config import ConfigError, Params
 from sightbeyond.model.weights import resolve_backbone, resolve_llm
 
 IMAGE_TOKEN = "<image>"
@@ -61,8 +61,21 @@ def load_tokenizer(params: Params, template: str | None = None):
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    tokenizer.chat_template = chat_template(template or params.active.template)
+    name = template or params.active.template
+    if name == "chatml" and not {"<|im_start|>", "<|im_end|>"} <= tokenizer.get_vocab().keys():
+        raise ConfigError(f"backbone {params.backbone!r}: template chatml needs <|im_start|> and <|im_end|> in the "
+                          "tokenizer's vocabulary; pick its own template (backbones.<name>.template)")
+    tokenizer.chat_template = chat_template(name)
+    if not starts_with_bos(tokenizer):
+        # LLaVA's templates open with the tokenizer's BOS, LLaMA's sequence start. A tokenizer that puts no BOS
+        # before text (SmolLM2: its "BOS" is ChatML's <|im_start|> turn marker) was pretrained without one.
+        tokenizer.chat_template = "{%- set bos_token = '' -%}\n" + tokenizer.chat_template
     return tokenizer
+
+
+def starts_with_bos(tokenizer) -> bool:
+    """Whether the tokenizer begins every text with its BOS, as LLaMA's does."""
+    return tokenizer.bos_token_id is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
 
 
 def load_processor(params: Params, template: str | None = None) -> LlavaProcessor:

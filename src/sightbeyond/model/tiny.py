@@ -15,7 +15,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from sightbeyond.config import Pretrain, TinyBackbone
-from sightbeyond.io import atomic_dir
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]  # eos != 2: CLIP's text tower reads id 2 as "legacy argmax"
 
@@ -171,16 +170,17 @@ def pretrain_clip(cfg: TinyBackbone, tokenizer, pairs: list[tuple[Path, str]], i
     return train(model, p, batch_loss, "pretrain tiny CLIP"), processor
 
 
-def build(cfg: TinyBackbone, synth_dir: Path, out: Path, image_size: int) -> None:
-    """Write `out/llm` (tokenizer + LLaMA) and `out/clip` (CLIP + image processor), as hub repos are laid out."""
-    torch.manual_seed(cfg.seed)
+def build(cfg: TinyBackbone, synth_dir: Path, out: Path, image_size: int, *, llm: bool = True) -> None:
+    """Write `out/llm` (tokenizer + LLaMA) and `out/clip` (CLIP + image processor), as hub repos are laid out; with
+    `llm=False` only the CLIP: the embedded vision encoder of a backbone whose LLM comes from elsewhere."""
     texts, pairs = corpus(synth_dir)
     texts += grounded_chats(cfg.grounded_scenes, seed=cfg.seed + 1)
-    with atomic_dir(out) as tmp:
-        tokenizer = train_tokenizer(texts, cfg.vocab_size)
-        llm = pretrain_llm(cfg, tokenizer, texts)
-        llm.save_pretrained(tmp / "llm")
-        tokenizer.save_pretrained(tmp / "llm")
-        clip, processor = pretrain_clip(cfg, tokenizer, pairs, image_size)
-        clip.save_pretrained(tmp / "clip")
-        processor.save_pretrained(tmp / "clip")
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    if llm:
+        torch.manual_seed(cfg.seed)
+        pretrain_llm(cfg, tokenizer, texts).save_pretrained(out / "llm")
+        tokenizer.save_pretrained(out / "llm")
+    torch.manual_seed(cfg.seed)  # the CLIP is the same whether and however long the LLM trained before it
+    clip, processor = pretrain_clip(cfg, tokenizer, pairs, image_size)
+    clip.save_pretrained(out / "clip")
+    processor.save_pretrained(out / "clip")

@@ -20,7 +20,7 @@ class BackboneWeights:
     vision: str
 
 
-def _resolve(name: str, what: str, repo_or_path: str, local_path: str | None, param: str) -> str:
+def _resolve(name: str, what: str, repo_or_path: str, local_path: str | None, param: str, built: bool = False) -> str:
     if local_path:
         if (Path(local_path) / "config.json").is_file():
             return local_path
@@ -28,7 +28,7 @@ def _resolve(name: str, what: str, repo_or_path: str, local_path: str | None, pa
     if not is_hub_id(repo_or_path):
         if (Path(repo_or_path) / "config.json").is_file():
             return repo_or_path
-        hint = "run `dvc repro backbone` to build it" if name == "tiny" else f"set {param}"
+        hint = "run `dvc repro backbone` to build it" if built else f"set {param}"
         raise MissingWeightsError(f"backbone {name!r}: no {what} weights at {repo_or_path} ({hint})")
     return _hub(name, what, repo_or_path, param)
 
@@ -63,12 +63,23 @@ def _hub(name: str, what: str, repo_id: str, param: str) -> str:
 
 def resolve_llm(params: Params) -> str:
     b, name = params.active, params.backbone
-    return _resolve(name, "LLM", b.llm, b.local_path, f"backbones.{name}.local_path")
+    return _resolve(name, "LLM", b.llm, b.local_path, f"backbones.{name}.local_path", b.build is not None)
 
 
 def resolve_backbone(params: Params) -> BackboneWeights:
     b, name = params.active, params.backbone
     return BackboneWeights(
         llm=resolve_llm(params),
-        vision=_resolve(name, "vision encoder", b.vision, b.vision_local_path, f"backbones.{name}.vision_local_path"),
+        vision=_resolve(name, "vision encoder", b.vision, b.vision_local_path, f"backbones.{name}.vision_local_path",
+                        b.build is not None),
     )
+
+
+def hub_revision(resolved: str) -> str | None:
+    """The commit of a hub id's cached snapshot (None for a directory, or a repo not cached yet)."""
+    if not is_hub_id(resolved):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(resolved, "config.json")
+    return Path(cached).parent.name if isinstance(cached, str) else None

@@ -16,7 +16,7 @@ SEED = 0
 
 
 def stage1_dir(params: Params) -> Path:
-    return MODELS / params.backbone / "stage1"
+    return MODELS / params.backbone_key / "stage1"
 
 
 def variant(tuning: str, modality: str) -> str:
@@ -24,16 +24,16 @@ def variant(tuning: str, modality: str) -> str:
 
 
 def stage2_dir(params: Params, tuning: str, modality: str) -> Path:
-    return MODELS / params.backbone / "stage2" / params.data / variant(tuning, modality)
+    return MODELS / params.backbone_key / "stage2" / params.data / variant(tuning, modality)
 
 
 def trainer_dir(params: Params, name: str) -> Path:
     """The Trainer's own working directory (logs, checkpoints): outside the DVC outputs, which hold only the result."""
-    return Path("checkpoints") / params.backbone / (name if name == "stage1" else f"{params.data}-{name}")
+    return Path("checkpoints") / params.backbone_key / (name if name == "stage1" else f"{params.data}-{name}")
 
 
 def extracted_dir(params: Params, tuning: str, modality: str) -> Path:
-    return MODELS / params.backbone / "llm" / params.data / variant(tuning, modality)
+    return MODELS / params.backbone_key / "llm" / params.data / variant(tuning, modality)
 
 
 def world_size() -> int:
@@ -52,6 +52,7 @@ def sft_config(output_dir: Path, hparams: Stage1Hparams | Stage2Hparams, *, lr: 
         per_device_train_batch_size=hparams.per_device_batch_size,
         gradient_accumulation_steps=hparams.grad_accum(world_size()),  # the global batch is the same on any world size
         num_train_epochs=hparams.epochs,
+        max_steps=hparams.max_steps or -1,  # -1: the epochs decide
         lr_scheduler_type="cosine",
         warmup_steps=hparams.warmup_ratio,  # a float below 1 is a fraction of the total steps
         weight_decay=0.0,

@@ -44,8 +44,8 @@ class StepwiseEval(TrainerCallback):
     def from_params(cls, params: Params, tokenizer, *, logged_through: int = -1) -> StepwiseEval:
         from sightbeyond.evaluation.nlp_stage import nlp_data_root
 
-        cfg = params.stage2
-        return cls(tokenizer, cfg.stepwise_tasks, nlp_data_root(params), every=cfg.eval_steps, limit=cfg.stepwise_limit,
+        cfg, sizing = params.stage2, params.hparams.stage2
+        return cls(tokenizer, cfg.stepwise_tasks, nlp_data_root(params), every=sizing.eval_steps, limit=sizing.stepwise_limit,
                    batch_size=params.eval_nlp.batch_size, logged_through=logged_through, best_metric=cfg.best_metric)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
