@@ -113,7 +113,8 @@ def store(tmp_path_factory, request):
         pope_acc = np.mean([("yes" if a == "Maybe" else a) == lab for a, lab in zip(answers, labels)])
         log("eval_mm", "tiny", "ft", "image", {"pope_random/acc": pope_acc}, family="pope",
             tables_=[("pope_random_predictions.json",
-                      {"question_id": list(range(50)), "label": labels, "answer": answers})])
+                      {"question_id": list(range(50)), "image": [f"p{i // 5}.jpg" for i in range(50)],
+                       "label": labels, "answer": answers})])
         log("eval_mm", "tiny", "ft", "image", {"coco/cider": clean.mean()}, family="coco",
             tables_=[("coco_predictions.json", {"image": images, "cider": list(clean)})])
         log("eval_mm", "tiny", "ft", "image", {"coco_c/cider": corrupted.mean()}, family="coco_c",
@@ -200,6 +201,7 @@ def test_multimodal_readers_reproduce_the_logged_metrics(store):
         assert docs is not None and docs.score() == pytest.approx(results.value(cell, metric)), metric
     assert len(results.docs(cell, "mme/perception").keys) == 3                 # images, two questions each
     assert len(results.docs(cell, "unicorn_sketch/acc").keys) == 3             # the parsed answers only
+    assert len(results.docs(cell, "pope_random/acc").keys) == 10               # images, resampled with their questions
 
 
 def test_latest_finished_run_and_selection_by_commit(store):
@@ -266,3 +268,16 @@ def test_run_logs_the_report(store, tmp_path, monkeypatch):
     (report,) = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string="tags.stage = 'report'",
                                    output_format="list")
     assert report.data.metrics["tiny.ft-image-full.ethics/acc.delta"] > 0
+
+
+def test_runs_measured_differently_are_not_paired():
+    """Same document keys are not the same measurement: another data file, limit, dtype or BOS is never a delta."""
+    base, tuned = Cell.base("b"), Cell("eval_nlp", "b", "ft", "image", "full")
+    measured = {"eval_source": "local", "eval_data": "ce097a26", "eval_limit": "None", "eval_dtype": "float32",
+                "add_bos_token": "True"}
+    for change in ({"eval_dtype": "bfloat16"}, {"eval_data": "0123abcd"}, {"eval_limit": "50"}):
+        results = Results({base: CellRuns(base, {"ethics/acc": 0.5}, {"ethics/acc": "r1"}, {"r1": measured}),
+                           tuned: CellRuns(tuned, {"ethics/acc": 0.6}, {"ethics/acc": "r2"}, {"r2": measured | change})})
+        key, value = next(iter(change.items()))
+        with pytest.warns(UserWarning, match=f"{key} {measured[key]} vs {value}"):
+            assert results.compare(base, tuned, "ethics/acc", BOOT) is None

@@ -47,7 +47,9 @@ def _footnote(cfg: Report, experiment: str) -> str:
             f"clean COCO in percent (Table 5). [a, b]: the delta's {cfg.confidence:.0%} paired percentile bootstrap "
             f"interval over documents ({cfg.resamples} resamples, seed {cfg.seed}), or the value's own where there is "
             "no delta. * p<0.05, ** p<0.01, *** p<0.001: McNemar mid-p for right/wrong results, else the paired "
-            "bootstrap. CI n/a: a run logged no per-document results. —: no run.")
+            "bootstrap. CI n/a: a run logged no per-document results. —: no run. † the checkpoint was chosen by "
+            "stage2.best_metric on a held-out share of the documents, left out of these scores; ‡ chosen on the "
+            "reported documents themselves, so its score is optimistic.")
 
 
 def _headline(rows: list[dict]) -> dict:

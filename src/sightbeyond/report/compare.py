@@ -7,7 +7,7 @@ import re
 
 from sightbeyond.report.runs import NONE, Cell, Results
 from sightbeyond.report.stats import Bootstrap, stars
-from sightbeyond.report.tables import SPECS, scale
+from sightbeyond.report.tables import SELECTION_MARKS, SPECS, scale
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -50,7 +50,8 @@ def records(results: Results, cells: list[Cell], metrics: list[str], boot: Boots
             k, est = scale(metric), results.estimate(cell, metric, boot)
             base_value = results.value(baseline, metric) if baseline else None
             c = results.compare(baseline, cell, metric, boot) if base_value is not None else None
-            out.append({"cell": cell.label, "metric": metric, "value": k * value,
+            how = results.selected_on(cell, metric)
+            out.append({"cell": cell.label + (SELECTION_MARKS[how] if how else ""), "metric": metric, "value": k * value,
                         "ci_low": est and k * est.low, "ci_high": est and k * est.high,
                         "against": baseline.label if baseline else None,
                         "against_found": base_value is not None,

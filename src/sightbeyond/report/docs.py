@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from sightbeyond.report.stats import Docs, mean, mean_of_strata
+from sightbeyond.report.stats import Docs, mean, mean_of_strata, pooled
 
 
 def read(run_id: str, metric: str, logged: float) -> Docs | None:
@@ -160,8 +160,12 @@ def _pope(run_id: str, metric: str, split: str) -> Docs | None:
     rows = _table(run_id, f"pope_{split}_predictions.json")
     if rows is None:
         return None
-    return _docs([r["question_id"] for r in rows],
-                 [(r.get("parsed") or parse_answer(r["answer"])) == r["label"] for r in rows])
+    per_image: dict[str, list[int]] = {}  # POPE asks six questions of each image: the image is what is resampled
+    for r in rows:
+        counts = per_image.setdefault(r["image"], [0, 0])
+        counts[0] += (r.get("parsed") or parse_answer(r["answer"])) == r["label"]
+        counts[1] += 1
+    return _docs(list(per_image), list(per_image.values()), statistic=pooled)
 
 
 def mme_score(values: np.ndarray, strata: np.ndarray) -> np.ndarray:

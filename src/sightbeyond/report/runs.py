@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 from sightbeyond.config import ConfigError
@@ -12,6 +13,8 @@ from sightbeyond.report.stats import (Bootstrap, Comparison, Contrast, Docs, Est
 
 STAGES = ("stage2", "eval_nlp", "eval_mm")
 NONE = "none"
+# what an evaluation measured (nlp_stage.measured): two runs are paired only when they agree on every one
+MEASURED = ("eval_source", "eval_data", "eval_limit", "eval_dtype", "add_bos_token", "eval_holdout")
 
 
 @dataclass(frozen=True, order=True)
@@ -53,6 +56,7 @@ class CellRuns:
     cell: Cell
     metrics: dict[str, float] = field(default_factory=dict)
     run_of: dict[str, str] = field(default_factory=dict)   # metric -> the run that logged it (eval_mm: one per family)
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)  # run -> its tags
 
 
 def cell_of(tags: dict[str, str]) -> Cell | None:
@@ -92,8 +96,24 @@ class Results:
                 contrast: Contrast = difference) -> Comparison | None:
         """b's `b_metric` (default `metric`) against a's `metric`, paired by document; None without both runs'
         documents."""
+        if why := self.unpaired(a, metric, b, b_metric or metric):
+            warnings.warn(f"{b.label} against {a.label} on {metric}: {why}; not compared", stacklevel=2)
+            return None
         da, db = self.docs(a, metric), self.docs(b, b_metric or metric)
         return paired_bootstrap(da, db, boot, contrast) if da is not None and db is not None else None
+
+    def selected_on(self, cell: Cell, metric: str) -> str | None:
+        """Where stage2.best_metric chose the evaluated checkpoint ("holdout", "reported documents"), if it did."""
+        found = self.cells.get(cell)
+        return found.tags.get(self.run_id(cell, metric) or "", {}).get("selected_on") if found else None
+
+    def unpaired(self, a: Cell, metric: str, b: Cell, b_metric: str) -> str | None:
+        """Why the runs behind two cells' metrics cannot be paired (other documents, precision or BOS), if they
+        cannot: the same document keys alone do not make the same documents."""
+        ta, tb = (self.cells[c].tags.get(self.run_id(c, m) or "", {}) if c in self.cells else {}
+                  for c, m in ((a, metric), (b, b_metric)))
+        differ = [f"{k} {ta.get(k, 'unrecorded')} vs {tb.get(k, 'unrecorded')}" for k in MEASURED if ta.get(k) != tb.get(k)]
+        return f"measured differently ({', '.join(differ)})" if differ else None
 
     def pin(self, run_id: str) -> Cell:
         """Add one chosen run (any status) as a cell of its own, e.g. to compare two runs of the same cell."""
@@ -105,7 +125,8 @@ class Results:
             raise ConfigError(f"run {run_id} is not a stage2, eval_nlp or eval_mm run of a cell (tag stage: "
                              f"{run.data.tags.get('stage')!r})")
         cell = dataclasses.replace(cell, run=run_id)
-        self.cells[cell] = CellRuns(cell, dict(run.data.metrics), {m: run_id for m in run.data.metrics})
+        self.cells[cell] = CellRuns(cell, dict(run.data.metrics), {m: run_id for m in run.data.metrics},
+                                    {run_id: dict(run.data.tags)})
         return cell
 
     def history(self, cell: Cell, metric: str) -> list[tuple[int, float]]:
@@ -144,6 +165,7 @@ def latest(experiment: str, *, git_commit: str | None = None, dvc_exp: str | Non
             continue
         seen.add((cell, run.data.tags.get("family")))
         found = cells.setdefault(cell, CellRuns(cell))
+        found.tags[run.info.run_id] = dict(run.data.tags)
         for name, value in run.data.metrics.items():
             found.metrics.setdefault(name, value)
             found.run_of.setdefault(name, run.info.run_id)

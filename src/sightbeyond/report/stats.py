@@ -28,6 +28,13 @@ def mean_of_strata(values: np.ndarray, strata: np.ndarray) -> np.ndarray:
     return np.mean([values[:, strata == s].mean(axis=1) for s in np.unique(strata)], axis=0)
 
 
+def pooled(values: np.ndarray, strata: np.ndarray) -> np.ndarray:
+    """Clusters of (right answers, questions): the share right over all their questions. Resampling whole clusters
+    (POPE's images, each asked several questions) keeps the questions' correlation within an image in the interval,
+    the clustered standard errors of lmms-eval."""
+    return values[..., 0].sum(axis=-1) / values[..., 1].sum(axis=-1)
+
+
 def difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return b - a
 

@@ -99,6 +99,11 @@ class Entry:
     against: str = ""                    # what the delta is against
     delta: float | None = None
     comparison: Comparison | None = None  # the delta's interval and test
+    selected_on: str | None = None       # stage2.best_metric chose the checkpoint: on "holdout" | "reported documents"
+
+
+# how a row's checkpoint was chosen, marked after its label (the footnote says what the marks mean)
+SELECTION_MARKS = {"holdout": "†", "reported documents": "‡"}
 
 
 @dataclass
@@ -173,7 +178,7 @@ def _entry(row: Row, cell: Cell, metric: str, column: Column, results: Results, 
     value, k = results.value(cell, metric), scale(metric)
     estimate = results.estimate(cell, metric, boot) if value is not None else None
     entry = Entry(row, metric, cell, None if value is None else k * value, estimate and estimate.scaled(k), paper,
-                  "%" if percent else "")
+                  "%" if percent else "", selected_on=results.selected_on(cell, metric))
     if column.against == "base" and row.tuning != NONE:
         base = Cell.base(row.backbone)
         entry.against, base_value = base.label, results.value(base, metric)
@@ -219,7 +224,8 @@ def grid(table: Table) -> list[list[str]]:
     header = ["Models"] + [h for c in table.spec.columns for h in (c.header, f"{c.header} (paper)")]
     body = []
     for row in table.rows:
-        line = [row.label]
+        chosen = {table.entries[row, m].selected_on for c in table.spec.columns for m in c.metrics} - {None}
+        line = [row.label + "".join(SELECTION_MARKS[how] for how in sorted(chosen))]
         for column in table.spec.columns:
             line.append(" / ".join(format_entry(table.entries[row, m], table.spec.percent) for m in column.metrics))
             line.append(table.paper.get((row, column.header), ""))
