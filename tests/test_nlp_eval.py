@@ -453,3 +453,39 @@ def test_squad_v2_scores_follow_the_official_script():
     # the no-answer threshold of 1.0 is never exceeded by a probability
     assert squad_v2.scores([pred("c", "x", 1.0)], [ref("c")])["exact"] == 0
     assert squad_v2.normalize("  The  Cat's, a hat. ") == "cats hat"
+
+
+def test_dtype_and_bos_are_what_the_params_say(fixtures, tiny_backbone):
+    """The base LLM and every tuned one are loaded in one explicit dtype (never HFLM's "auto", each checkpoint's own);
+    add_bos_token=False reproduces the 2023 harness, which put no BOS before a LLaMA prompt."""
+    from transformers import AutoTokenizer
+
+    root, _ = fixtures
+    llm = tiny_backbone / "llm"  # its tokenizer puts BOS first, as LLaMA's
+
+    def lls(**how):
+        result = evaluate_llm(llm, AutoTokenizer.from_pretrained(llm), ["ethics_cm"], "fixture", root,
+                              log_samples=True, **how)
+        return [r[0][0] for s in result.samples["ethics_cm"] for r in s["resps"]]
+
+    fp32 = lls(dtype="float32")
+    assert lls(dtype="float32") == fp32
+    assert lls(dtype="bfloat16") != fp32
+    assert lls(dtype="float32", add_bos_token=False) != fp32
+
+
+def test_eval_runs_record_what_they_measured(params_for, tmp_path):
+    from transformers import AutoTokenizer
+
+    from sightbeyond.evaluation.nlp_stage import measured
+
+    write_nlp_fixtures(tmp_path, **SMALL)
+    params = params_for(**{"eval_nlp.source": "local", "eval_nlp.local_root": str(tmp_path)})
+    tokenizer = AutoTokenizer.from_pretrained(params.active.llm)
+    tags = measured(params, tokenizer)
+    assert tags["eval_dtype"] == "float32" and tags["add_bos_token"] == "True"  # the tiny tokenizer puts BOS first
+    assert tags["eval_source"] == "local" and tags["eval_limit"] == "None"
+    assert measured(params_for(**{"eval_nlp.source": "local", "eval_nlp.local_root": str(tmp_path),
+                                  "eval_nlp.add_bos_token": False}), tokenizer)["add_bos_token"] == "False"
+    (tmp_path / "ethics/commonsense/cm_test.csv").write_text("label,input,is_short,edited\n1,changed,True,False\n")
+    assert measured(params, tokenizer)["eval_data"] != tags["eval_data"]  # other documents, another hash

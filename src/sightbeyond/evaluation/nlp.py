@@ -49,6 +49,7 @@ class Benchmark:
     metrics: dict[str, str]   # ours -> lm-eval's "<metric>,<filter>"
     reader: str
     files: dict[str, str]     # split -> path under the data root
+    documents: str            # the document set it asks; benchmarks that share one ask the same documents
 
 
 @functools.cache
@@ -56,7 +57,8 @@ def _definitions() -> tuple[dict[str, Benchmark], dict[str, list[str]]]:
     raw = yaml.safe_load(_BENCHMARKS_FILE.read_text())
     benchmarks = {
         name: Benchmark(name=name, task=b["task"], folder=b["folder"], num_fewshot=b.get("num_fewshot", 0), prefix=b.get("prefix", name),
-                        metrics=b["metrics"], reader=b["local"]["reader"], files=b["local"]["files"])
+                        metrics=b["metrics"], reader=b["local"]["reader"], files=b["local"]["files"],
+                        documents=b.get("documents", name))
         for name, b in raw["benchmarks"].items()
     }
     return benchmarks, raw["means"]
@@ -109,6 +111,32 @@ def task_manager(names: Iterable[str], source: Source, data_root: Path | None) -
                 config = _local(bench, config, Path(data_root))
             index[leaf] = dataclasses.replace(entry, yaml_path=None, cfg=config)
     return manager
+
+
+def data_files(names: Iterable[str], data_root: Path) -> list[Path]:
+    """The release files the benchmarks `names` read under `data_root` (the local sources)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    benches = select(names)
+    index = official_task_manager(benches).task_index
+    files = []
+    for bench in benches:
+        for leaf in leaves(index, bench.task):
+            subset = load_yaml(index[leaf].yaml_path, resolve_func=False).get("dataset_name")
+            files += [release_file(bench, Path(data_root) / rel.format(dataset_name=subset)) for rel in bench.files.values()]
+    return sorted(set(files))
+
+
+def data_hash(names: Iterable[str], source: Source, data_root: Path | None) -> str:
+    """What documents an evaluation read: the content of its release files (the local sources), or `hub`."""
+    import hashlib
+
+    if source == "hub":
+        return "hub"
+    digest = hashlib.sha256()
+    for path in data_files(names, Path(data_root)):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def leaves(index, name: str) -> list[str]:
@@ -172,13 +200,39 @@ def reseed_fewshot(tasks: dict[str, Any]) -> None:
         task.set_fewshot_seed(seed=SEEDS["fewshot_random_seed"])
 
 
-def fixed_subsample(tasks: dict[str, Any], limit: int | None) -> dict[str, list[int]] | None:
+def fixed_subsample(tasks: dict[str, Any], limit: int | None,
+                    kept_out: dict[str, list[int]] | None = None) -> dict[str, list[int]] | None:
     """The same `limit` documents of every task each time: a seeded draw over the whole task rather than its first
-    documents, which in ETHICS are a few scenarios' variants."""
-    if limit is None:
+    documents, which in ETHICS are a few scenarios' variants; never one of `kept_out`'s (a selection holdout)."""
+    if limit is None and not kept_out:
         return None
-    return {name: sorted(random.Random(name).sample(range(len(task.eval_docs)), min(limit, len(task.eval_docs))))
-            for name, task in tasks["tasks"].items()}
+    out = {}
+    for name, task in tasks["tasks"].items():
+        pool = sorted(set(range(len(task.eval_docs))) - set((kept_out or {}).get(name, ())))
+        out[name] = pool if limit is None else sorted(random.Random(name).sample(pool, min(limit, len(pool))))
+    return out
+
+
+def holdout(names: Iterable[str], tasks: dict[str, Any], fraction: float | None,
+            among: Iterable[str] | None = None) -> dict[str, list[int]]:
+    """A seeded share of the documents of each loaded leaf task of the benchmarks `names`, to choose a checkpoint on
+    and keep out of every reported score; drawn alike for benchmarks that ask the same documents (benchmarks.yaml's
+    `documents`: TruthfulQA mc1, mc2 and gen). `among`: only the documents those benchmarks ask (the step-wise ones)."""
+    if not fraction:
+        return {}
+    keys = _document_sets(names)
+    allowed = None if among is None else set(_document_sets(among).values())
+    return {leaf: sorted(random.Random(f"holdout:{key}").sample(range(n := len(tasks["tasks"][leaf].eval_docs)),
+                                                                 round(fraction * n)))
+            for leaf, key in keys.items() if leaf in tasks["tasks"] and (allowed is None or key in allowed)}
+
+
+def _document_sets(names: Iterable[str]) -> dict[str, str]:
+    """Each leaf task of `names` -> the document set it asks."""
+    benches = select(names)
+    index = official_task_manager(benches).task_index
+    return {leaf: bench.documents if leaf == bench.task else f"{bench.documents}/{leaf}"
+            for bench in benches for leaf in leaves(index, bench.task)}
 
 
 def evaluate_llm(
@@ -191,12 +245,18 @@ def evaluate_llm(
     limit: int | None = None,
     batch_size: int = 8,
     log_samples: bool = False,
+    dtype: str = "float32",
+    add_bos_token: bool | None = None,
+    samples: dict[str, list[int]] | None = None,
 ) -> NLPResult:
     """lm-eval's simple_evaluate of a causal LM on `task_names`, its loglikelihood requests scored with their shared
     contexts computed once (`SharedPrefixLM`: HFLM's results, several times faster on TruthfulQA).
 
-    `model` is a local model directory or a loaded model, which is evaluated in place: its train/eval
-    mode and the global RNG states are restored after.
+    `model` is a local model directory, loaded in `dtype` (never HFLM's "auto", which would evaluate a hub base in its
+    stored float16 and a tuned LLM in float32), or a loaded model, which is evaluated in place: its train/eval
+    mode and the global RNG states are restored after. `add_bos_token`: None keeps the tokenizer's own (lm-eval
+    0.4.13 adds LLaMA's BOS; the 2023 harness the paper used did not: False). `samples`: the documents to evaluate
+    per leaf task (lm-eval's; every document of a task it leaves out).
     """
     import lm_eval
     import torch
@@ -211,11 +271,13 @@ def evaluate_llm(
         try:
             if is_path:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-                lm = SharedPrefixLM(pretrained=str(model), tokenizer=tokenizer, batch_size=batch_size, device=device)
+                lm = SharedPrefixLM(pretrained=str(model), tokenizer=tokenizer, batch_size=batch_size, device=device,
+                                    dtype=dtype, add_bos_token=add_bos_token)
             else:
-                lm = SharedPrefixLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+                lm = SharedPrefixLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                                    add_bos_token=add_bos_token)
             results = lm_eval.simple_evaluate(model=lm, tasks=[b.task for b in select(task_names)], task_manager=manager,
-                                              limit=limit, log_samples=log_samples, **SEEDS)
+                                              limit=limit, samples=samples, log_samples=log_samples, **SEEDS)
         finally:
             if was_training:  # HFLM switches the model to eval mode
                 model.train()

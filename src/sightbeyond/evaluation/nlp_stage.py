@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sightbeyond.config import Params
 from sightbeyond.io import write_json
+from sightbeyond.training.common import SELECTION
 
 FIXTURES = Path("data/shapesworld/nlp")
 RESULTS = Path("results/eval_nlp")
@@ -18,6 +19,32 @@ def nlp_data_root(params: Params) -> Path | None:
     if source == "hub":
         return None
     return FIXTURES if source == "fixture" else Path(params.eval_nlp.local_root)
+
+
+def reported_documents(params: Params, data_root: Path | None) -> dict[str, list[int]] | None:
+    """With stage2.selection_holdout, every document but the held-out share that chose the checkpoint, for the base
+    LLM too (a delta pairs the same documents); None: all."""
+    from sightbeyond.evaluation.nlp import fixed_subsample, holdout, load_tasks
+
+    fraction = params.stage2.selection_holdout
+    if fraction is None:
+        return None
+    cfg = params.eval_nlp
+    tasks = load_tasks(cfg.tasks, cfg.source, data_root)
+    held = holdout(cfg.tasks, tasks, fraction, among=params.stage2.stepwise_tasks)
+    return {name: ids for name, ids in fixed_subsample(tasks, None, kept_out=held).items() if name in held}
+
+
+def measured(params: Params, tokenizer) -> dict[str, str]:
+    """What an evaluation measured, as run tags: only runs that agree on all of them can be compared."""
+    from sightbeyond.evaluation.nlp import data_hash
+    from sightbeyond.model.llava import starts_with_bos
+
+    cfg = params.eval_nlp
+    bos = starts_with_bos(tokenizer) if cfg.add_bos_token is None else cfg.add_bos_token
+    return {"eval_source": cfg.source, "eval_data": data_hash(cfg.tasks, cfg.source, nlp_data_root(params)),
+            "eval_tasks": ",".join(cfg.tasks), "eval_limit": str(cfg.limit), "eval_dtype": cfg.dtype,
+            "add_bos_token": str(bos), "eval_holdout": str(params.stage2.selection_holdout)}
 
 
 def run(params: Params, model: str) -> None:
@@ -39,10 +66,15 @@ def run(params: Params, model: str) -> None:
     cfg, data_root = params.eval_nlp, nlp_data_root(params)
     inputs = ([] if model == "base" else [Path(path)]) + ([] if data_root is None else [data_root])
     print(f"eval_nlp {model}: {', '.join(cfg.tasks)} ({cfg.source}{'' if data_root is None else f': {data_root}'})")
-    with stage_run("eval_nlp", params, name=f"eval_nlp-{params.backbone_key}-{model}", tags=tags | {"model": model},
-                   param_sections=("eval_nlp",), inputs=inputs):
-        result = evaluate_llm(path, AutoTokenizer.from_pretrained(path), cfg.tasks, cfg.source, data_root,
-                              limit=cfg.limit, batch_size=cfg.batch_size, log_samples=True)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if (chosen := Path(path) / SELECTION).is_file():  # stage2.best_metric chose this checkpoint
+        selection = json.loads(chosen.read_text())
+        tags |= {"selected_on": selection["selected_on"], "selected_step": str(selection["step"])}
+    with stage_run("eval_nlp", params, name=f"eval_nlp-{params.backbone_key}-{model}",
+                   tags=tags | {"model": model} | measured(params, tokenizer), param_sections=("eval_nlp",), inputs=inputs):
+        result = evaluate_llm(path, tokenizer, cfg.tasks, cfg.source, data_root, limit=cfg.limit,
+                              batch_size=cfg.batch_size, log_samples=True, dtype=cfg.dtype,
+                              add_bos_token=cfg.add_bos_token, samples=reported_documents(params, data_root))
         mlflow.log_metrics(result.metrics)
         mlflow.log_dict(result.raw, "lm_eval_results.json")
         for task, samples in result.samples.items():  # lm-eval's per-document records: prompt, responses, metrics
