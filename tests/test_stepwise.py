@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -126,7 +127,7 @@ def test_callback_logs_each_step_and_keeps_the_best_model(model_and_tokenizer, t
     run_evaluator = StepwiseEvaluator.run
     monkeypatch.setattr(StepwiseEvaluator, "run", lambda self: SimpleNamespace(
         metrics=run_evaluator(self).metrics | {"truthfulqa_mc1/acc": next(values)}))
-    monkeypatch.setattr(StepwiseEval, "_keep", staticmethod(lambda out, model, processing: kept.append(out.name)))
+    monkeypatch.setattr(StepwiseEval, "_keep", staticmethod(lambda out, model, processing, selection: kept.append(out.name)))
     mlflow.set_tracking_uri(f"sqlite:///{mlflow_store}")
     with mlflow.start_run() as run:
         callback = StepwiseEval(tokenizer, DEFAULT, tmp_path / "nlp", every=2, limit=3, batch_size=4,
@@ -139,6 +140,7 @@ def test_callback_logs_each_step_and_keeps_the_best_model(model_and_tokenizer, t
         assert "ethics/acc" in mlflow.get_run(run.info.run_id).data.metrics and model.training
         tags = mlflow.get_run(run.info.run_id).data.tags
         assert (tags["best_step"], float(tags["best_value"])) == ("8", 1.0) and kept == [BEST] * 3
+        assert tags["selected_on"] == "reported documents"  # no holdout: the report marks the row as optimistic
 
         # a resumed run: the steps it holds are not logged again, and the best so far is the one it was tagged with
         resumed = StepwiseEval(tokenizer, DEFAULT, tmp_path / "nlp", every=2, limit=3, batch_size=4, logged_through=8,
@@ -218,3 +220,35 @@ def test_contexts_and_prefixes_are_computed_once(model_and_tokenizer, tmp_path):
     docs = tasks["tasks"]["truthfulqa_mc1"].eval_docs
     assert sum(chunk.input_ids.shape[0] for chunk in cluster.chunks) == len({d["question"] for d in docs}) > 1
     assert scorer.n_requests == sum(len(d["mc1_targets"]["choices"]) + len(d["mc2_targets"]["choices"]) for d in docs)
+
+
+def test_a_held_out_share_chooses_the_step_and_no_reported_score_reads_it(model_and_tokenizer, tmp_path, mlflow_store,
+                                                                          params_for):
+    """stage2.selection_holdout: the best step is chosen on a seeded share of the documents (`selection/<metric>`),
+    which the step-wise curves and eval_nlp (base and tuned alike) leave out."""
+    import mlflow
+
+    from sightbeyond.evaluation.nlp_stage import reported_documents
+
+    model, tokenizer = model_and_tokenizer
+    write_nlp_fixtures(tmp_path / "nlp", n_truthfulqa=8, n_ethics=8)
+    params = params_for(**{"eval_nlp.source": "local", "eval_nlp.local_root": str(tmp_path / "nlp"),
+                           "eval_nlp.tasks": ["truthfulqa_mc1", "truthfulqa_mc2", "ethics_cm"],
+                           "stage2.stepwise_tasks": ["truthfulqa_mc1", "ethics_cm"],
+                           "stage2.best_metric": "truthfulqa_mc1/acc",
+                           "stage2.selection_holdout": 0.25})
+    callback = StepwiseEval.from_params(params, tokenizer)
+    args = SimpleNamespace(output_dir=str(tmp_path / "trainer"))
+    mlflow.set_tracking_uri(f"sqlite:///{mlflow_store}")
+    with mlflow.start_run() as run:
+        callback.on_train_begin(args, _state(0), None, model=model.train(), processing_class=tokenizer)
+    logged = mlflow.get_run(run.info.run_id).data
+    assert {"truthfulqa_mc1/acc", "selection/truthfulqa_mc1/acc"} <= logged.metrics.keys()
+    assert logged.tags["selected_on"] == "holdout"
+    assert json.loads((tmp_path / "trainer" / BEST / "selection.json").read_text())["selected_on"] == "holdout"
+    reported = reported_documents(params, tmp_path / "nlp")
+    for task in ("truthfulqa_mc1", "ethics_cm"):
+        held = set(callback.held[task])
+        assert held and not held & set(reported[task]) and len(held) + len(reported[task]) == 8
+        assert set(callback.samples[task]) == set(range(8))  # both shares are scored, then told apart
+    assert reported["truthfulqa_mc2"] == reported["truthfulqa_mc1"]  # the same questions, the same share held out

@@ -84,19 +84,25 @@ class SharedPrefixScorer:
         ]
 
     @torch.no_grad()
-    def score(self, model) -> list[tuple[float, bool]]:
+    def score(self, model, rank: int = 0, world_size: int = 1) -> dict[int, tuple[float, bool]]:
         """(log-likelihood, is-greedy) per request for the model's current weights, in its current mode (the
-        caller puts it in eval mode, as HFLM does)."""
+        caller puts it in eval mode, as HFLM does). With several processes each scores every `world_size`-th chunk
+        from its `rank` on: the requests of those chunks."""
         from transformers import DynamicCache
 
         device = model.device
-        scores: list[tuple[float, bool]] = [(0.0, False)] * self.n_requests
+        scores: dict[int, tuple[float, bool]] = {}
+        numbered = [(i, cluster, chunk) for i, (cluster, chunk) in
+                    enumerate((cluster, chunk) for cluster in self.clusters for chunk in cluster.chunks)]
         for cluster in self.clusters:
+            mine = [chunk for i, c, chunk in numbered if c is cluster and i % world_size == rank]
+            if not mine:
+                continue
             shared, prefix_length = None, 0
             if cluster.prefix is not None:
                 shared, prefix_length = DynamicCache(config=model.config), cluster.prefix.shape[1]
                 model(input_ids=cluster.prefix.to(device), cache=shared, use_cache=True, logits_to_keep=1)
-            for chunk in cluster.chunks:
+            for chunk in mine:
                 rows = chunk.input_ids.shape[0]
                 cache = None if shared is None else DynamicCache(
                     [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v, *_ in shared],
@@ -226,8 +232,8 @@ class SharedPrefixLM(HFLM):
         if self.backend != "causal":
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         batch_size = override_bs or (self.batch_size if self.batch_size != "auto" else 16)
-        scorer = SharedPrefixScorer([truncated(self, ctx, cont) for _, ctx, cont in requests], batch_size)
-        return scorer.score(self.model)
+        scores = SharedPrefixScorer([truncated(self, ctx, cont) for _, ctx, cont in requests], batch_size).score(self.model)
+        return [scores[r] for r in range(len(requests))]
 
 
 @dataclass
@@ -244,13 +250,13 @@ class StepwiseEvaluator:
     documents `samples` names per task. The requests of every task are planned together, once."""
 
     def __init__(self, model, tokenizer, tasks: dict[str, Any], *, samples: dict[str, list[int]] | None = None,
-                 batch_size: int = 16):
+                 batch_size: int = 16, add_bos_token: bool | None = None):
         self.model, self.groups = model, tasks.get("groups", {})
         reseed_fewshot(tasks)
         requests: list[tuple[tuple[int, ...], list[int]]] = []
         with quiet():
             # HFLM's tokenisation and truncation rules, applied once to every request
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos_token)
             self.tasks = [self._prepare(name, task, lm, (samples or {}).get(name), requests)
                           for name, task in tasks["tasks"].items()]
         self.scorer = SharedPrefixScorer(requests, batch_size)
@@ -271,20 +277,27 @@ class StepwiseEvaluator:
 
     def run(self) -> StepwiseResult:
         """The tasks' metrics and per-document results for the model's current weights (in its current mode: the
-        caller puts it in eval mode, as HFLM does)."""
-        scores = self.scorer.score(self.model)
-        results: dict[str, dict[str, Any]] = {}
-        docs: dict[str, list[DocResult]] = {}
-        for task in self.tasks:
-            docs[task.name] = [
-                DocResult(doc_id, [scores[r][0] for r in requests], [scores[r][1] for r in requests],
-                          task.task.process_results(doc, [scores[r] for r in requests]))
-                for (doc_id, doc), requests in zip(task.docs, task.requests_per_doc)
-            ]
-            results[task.name] = _aggregate(task.task, docs[task.name])
+        caller puts it in eval mode, as HFLM does). In a distributed run every process must call it: each scores its
+        share of the requests (every process holds the whole model under DDP), and all get every score."""
+        from accelerate import PartialState
+        from accelerate.utils import gather_object
+
+        state = PartialState()
+        scores = self.scorer.score(self.model, state.process_index, state.num_processes)
+        if state.num_processes > 1:
+            scores = {r: score for part in gather_object([scores]) for r, score in part.items()}
+        docs = {task.name: [DocResult(doc_id, [scores[r][0] for r in requests], [scores[r][1] for r in requests],
+                                      task.task.process_results(doc, [scores[r] for r in requests]))
+                            for (doc_id, doc), requests in zip(task.docs, task.requests_per_doc)]
+                for task in self.tasks}
+        return StepwiseResult(self.metrics(docs), docs)
+
+    def metrics(self, docs: dict[str, list[DocResult]]) -> dict[str, float]:
+        """lm-eval's aggregation of per-document results (any subset of the documents run) into our metrics."""
+        results: dict[str, dict[str, Any]] = {task.name: _aggregate(task.task, docs[task.name]) for task in self.tasks}
         for group in self.groups.values():
             results[group.name] = group.aggregate(results)
-        return StepwiseResult(metrics_from_results(results), docs)
+        return metrics_from_results(results)
 
 
 def _aggregate(task, docs: list[DocResult]) -> dict[str, Any]:

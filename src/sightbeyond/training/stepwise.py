@@ -9,9 +9,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from sightbeyond.config import ConfigError, Params
-from sightbeyond.training.common import unwrap_causal_lm
+from sightbeyond.training.common import BEST, SELECTION, unwrap_causal_lm
 
-BEST = "best"  # the best step's model, under the Trainer's output directory
 
 
 class StepwiseEval(TrainerCallback):
@@ -21,18 +20,25 @@ class StepwiseEval(TrainerCallback):
     `data_root`: the release files (`local`, `fixture`), None for lm-eval's hub copies.
 
     `best_metric` (one of the step-wise metrics, higher is better): each time it improves, the model (for LoRA, the
-    adapter and the projector) and its processor are saved to `<output_dir>/best`, beside the Trainer's checkpoints
-    (so a resumed run still has it), and the run is tagged `best_step`, `best_value`; a resumed run starts from the
-    tags it already holds. `move_best` then puts it into the stage's output.
+    adapter and the projector) and its processor are saved to `<output_dir>/best` with `selection.json`, beside the
+    Trainer's checkpoints (so a resumed run still has it), and the run is tagged `best_step`, `best_value`; a resumed
+    run starts from the tags it already holds. `move_best` then puts it into the stage's output, which `extract` and
+    `eval_mm` then read. `holdout`: the metric is measured on that seeded share of the documents alone (logged as
+    `selection/<metric>`), which every reported score leaves out; without it, on the reported documents themselves.
     """
 
     def __init__(self, tokenizer, tasks: list[str], data_root: Path | None, *, every: int, limit: int | None,
-                 batch_size: int, logged_through: int = -1, best_metric: str | None = None):
-        from sightbeyond.evaluation.nlp import fixed_subsample, load_tasks, metric_names
+                 batch_size: int, logged_through: int = -1, best_metric: str | None = None,
+                 add_bos_token: bool | None = None, holdout: float | None = None):
+        from sightbeyond.evaluation.nlp import fixed_subsample, holdout as held_out, load_tasks, metric_names
 
         self.tasks = load_tasks(tasks, "hub" if data_root is None else "local", data_root)
-        self.samples = fixed_subsample(self.tasks, limit)
-        self.tokenizer, self.every, self.batch_size = tokenizer, every, batch_size
+        self.held = held_out(tasks, self.tasks, holdout)
+        self.holdout = holdout
+        self.samples = fixed_subsample(self.tasks, limit, kept_out=self.held)
+        if self.held:  # the reported documents and, apart, the ones the best step is chosen on
+            self.samples = {name: sorted(ids + self.held.get(name, [])) for name, ids in self.samples.items()}
+        self.tokenizer, self.every, self.batch_size, self.add_bos_token = tokenizer, every, batch_size, add_bos_token
         self.logged_through = logged_through  # a resumed run already holds the steps up to here
         known = metric_names(tasks)
         if best_metric is not None and best_metric not in known:
@@ -46,19 +52,20 @@ class StepwiseEval(TrainerCallback):
 
         cfg, sizing = params.stage2, params.hparams.stage2
         return cls(tokenizer, cfg.stepwise_tasks, nlp_data_root(params), every=sizing.eval_steps, limit=sizing.stepwise_limit,
-                   batch_size=params.eval_nlp.batch_size, logged_through=logged_through, best_metric=cfg.best_metric)
+                   batch_size=params.eval_nlp.batch_size, logged_through=logged_through, best_metric=cfg.best_metric,
+                   add_bos_token=params.eval_nlp.add_bos_token, holdout=cfg.selection_holdout)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         from sightbeyond.evaluation.stepwise_eval import StepwiseEvaluator
 
         self.best_dir = Path(args.output_dir) / BEST
-        if state.is_world_process_zero:
-            was_training = model.training
-            self.evaluator = StepwiseEvaluator(unwrap_causal_lm(model), self.tokenizer, self.tasks,
-                                               samples=self.samples, batch_size=self.batch_size)
-            model.train(was_training)  # the evaluator's tokeniser setup (lm-eval's HFLM) switches it to eval mode
-            if self.best_metric is not None:
-                self.best_value = _best_so_far()
+        # every process scores its share of the documents (DDP: each holds the whole model)
+        was_training = model.training
+        self.evaluator = StepwiseEvaluator(unwrap_causal_lm(model), self.tokenizer, self.tasks, samples=self.samples,
+                                           batch_size=self.batch_size, add_bos_token=self.add_bos_token)
+        model.train(was_training)  # the evaluator's tokeniser setup (lm-eval's HFLM) switches it to eval mode
+        if self.best_metric is not None and state.is_world_process_zero:
+            self.best_value = _best_so_far()
         self._evaluate(args, state, model, kwargs.get("processing_class"))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -68,17 +75,30 @@ class StepwiseEval(TrainerCallback):
     def _evaluate(self, args, state, model, processing) -> None:
         import mlflow
 
-        if not state.is_world_process_zero or state.global_step == self.last_step or state.global_step <= self.logged_through:
+        if state.global_step == self.last_step or state.global_step <= self.logged_through:
             return
         model.eval()
-        metrics = self.evaluator.run().metrics
+        result = self.evaluator.run()
         model.train()
         self.last_step = state.global_step
+        if not state.is_world_process_zero:  # the main process logs and keeps the best model
+            return
+        metrics, chosen_on = result.metrics, result.metrics
+        if self.held:
+            held = {name: set(ids) for name, ids in self.held.items()}
+            metrics = self.evaluator.metrics({t: [d for d in docs if d.doc_id not in held.get(t, ())]
+                                              for t, docs in result.docs.items()})
+            chosen_on = self.evaluator.metrics({t: [d for d in docs if d.doc_id in held.get(t, ())]
+                                                for t, docs in result.docs.items()})
+            metrics |= {f"selection/{name}": value for name, value in chosen_on.items()}
         mlflow.log_metrics(metrics, step=state.global_step)
-        if self.best_metric is not None and (self.best_value is None or metrics[self.best_metric] > self.best_value):
-            self._keep(self.best_dir, model, processing)
-            self.best_value = metrics[self.best_metric]
-            mlflow.set_tags({"best_step": state.global_step, "best_value": self.best_value})
+        if self.best_metric is not None and (self.best_value is None or chosen_on[self.best_metric] > self.best_value):
+            self.best_value = chosen_on[self.best_metric]
+            selection = {"metric": self.best_metric, "step": state.global_step, "value": self.best_value,
+                         "selected_on": "holdout" if self.held else "reported documents", "holdout": self.holdout}
+            self._keep(self.best_dir, model, processing, selection)
+            mlflow.set_tags({"best_step": state.global_step, "best_value": self.best_value,
+                             "selected_on": selection["selected_on"]})
 
     def move_best(self, out: Path) -> None:
         """Move the best step's model into `out` (as `out/best`): the Trainer's directory goes once stage 2 is done."""
@@ -88,13 +108,16 @@ class StepwiseEval(TrainerCallback):
             shutil.move(self.best_dir, Path(out) / BEST)
 
     @staticmethod
-    def _keep(out: Path, model, processing) -> None:
+    def _keep(out: Path, model, processing, selection: dict) -> None:
+        import json
+
         from sightbeyond.io import atomic_dir
 
         with atomic_dir(out) as tmp:
             model.save_pretrained(str(tmp))
             if processing is not None:
                 processing.save_pretrained(str(tmp))
+            (tmp / SELECTION).write_text(json.dumps(selection, indent=2))
 
 
 def _best_so_far() -> float | None:
