@@ -119,3 +119,31 @@ def test_eval_mm_logs_every_family(params_for, mlflow_store, tmp_path, monkeypat
         assert key in results
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(coco_c.run_id)}
     assert "coco_c_predictions.json" in artifacts
+
+
+def test_decoding_follows_the_params(params_for, tmp_path):
+    """Greedy by default; the authors' sampling (top-k 50, temperature 0.2, one beam, seeded per call) on request;
+    with their v0 template an answer ends at v0's '###'."""
+    from PIL import Image
+
+    from sightbeyond.evaluation.mm_stage import Generator
+    from sightbeyond.model.llava import build_llava, load_processor
+
+    greedy = params_for()
+    assert greedy.eval_mm.caption_max_new_tokens == 10
+    processor = load_processor(greedy)
+    model = build_llava(greedy, processor.tokenizer).eval()
+    kwargs = Generator(model, processor, greedy.eval_mm, "v1").generation_kwargs(7)
+    assert (kwargs["do_sample"], kwargs["num_beams"], kwargs["max_new_tokens"], kwargs["temperature"]) == (False, 1, 7, None)
+    assert "stop_strings" not in kwargs
+
+    authors = params_for(**{"eval_mm.do_sample": True, "eval_mm.template": "v0"})
+    ask = Generator(model, load_processor(authors, "v0"), authors.eval_mm, "v0")
+    kwargs = ask.generation_kwargs(7)
+    assert (kwargs["do_sample"], kwargs["top_k"], kwargs["temperature"], kwargs["num_beams"]) == (True, 50, 0.2, 1)
+    assert kwargs["stop_strings"] == ["###"] and ask.answer(" Yes, there is.\n###") == "Yes, there is."
+    image = tmp_path / "red.png"
+    Image.new("RGB", (32, 32), "red").save(image)
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there a star?"}]}]
+    first, again = (ask([conversation] * 3, [image] * 3, max_new_tokens=5, desc="t") for _ in range(2))
+    assert first == again and all("###" not in a for a in first)

@@ -147,3 +147,21 @@ def test_shape_disagrees_with_config(original, tmp_path):
     llava_checkpoint(tmp_path / "ckpt", llm, tokenizer, intermediate_size=48)
     with pytest.raises(ValueError, match="mlp.*has shape"):
         extract_released_llm(tmp_path / "ckpt", tmp_path / "llm")
+
+
+def test_an_imported_checkpoint_with_image_start_end_keeps_its_own_rows(original, tmp_path, params_for, tiny_backbone):
+    """The authors' checkpoints were trained with --mm_use_im_start_end: used as our backbone and stage-1 output
+    (model.image_start_end on), <im_start> and <im_end> keep the rows the checkpoint trained."""
+    from sightbeyond.model.llava import IMAGE_END, IMAGE_START, build_llava, load_processor
+
+    llm, tokenizer = original
+    src = tmp_path / "llava-7b-finetune"
+    llava_checkpoint(src, llm, tokenizer)
+    extract_released_llm(src, tmp_path / "llm", projector_out=tmp_path / "projector")
+    params = params_for(**{"backbones.tiny.llm": str(tmp_path / "llm"), "model.image_start_end": True})
+    processor = load_processor(params)
+    model = build_llava(params, processor.tokenizer, projector_dir=tmp_path / "projector")
+    for token in (IMAGE_START, IMAGE_END):
+        row = processor.tokenizer.convert_tokens_to_ids(token)
+        assert row == tokenizer.convert_tokens_to_ids(token)
+        torch.testing.assert_close(model.get_input_embeddings().weight[row], llm.get_input_embeddings().weight[row])

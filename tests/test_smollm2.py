@@ -183,3 +183,25 @@ def test_backbone_stage_leaves_nothing_when_the_gguf_is_bad(tmp_path, monkeypatc
 def test_unknown_template_stops_before_any_model_loads():
     with pytest.raises(ConfigError, match="template"):
         load_params(overrides={"backbones.smollm2.template": "chatml2"})
+
+
+def test_step_wise_scores_equal_hflms_with_grouped_query_attention(smollm2_two_layers, tmp_path):
+    """The shared prefix's key/value cache holds 3 KV heads for 9 query heads; the tied 49k head scores the tokens."""
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
+    from sightbeyond.evaluation.nlp import evaluate_loaded, load_tasks
+    from sightbeyond.evaluation.stepwise_eval import StepwiseEvaluator
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_two_layers).eval()
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_two_layers)
+    write_nlp_fixtures(tmp_path, n_truthfulqa=3, n_ethics=4)
+    tasks = load_tasks(["truthfulqa_mc1", "ethics_cm", "ethics_deontology"], "fixture", tmp_path)
+    fast = StepwiseEvaluator(model, tokenizer, tasks, batch_size=4)
+    assert fast.scorer.clusters[0].prefix is not None  # the primer, cached with grouped-query heads
+    reference = evaluate_loaded(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4), tasks, log_samples=True)
+    for task, docs in fast.run().docs.items():
+        for doc, sample in zip(docs, reference.samples[task], strict=True):
+            assert doc.loglikelihoods == pytest.approx([r[0][0] for r in sample["resps"]], rel=1e-5, abs=1e-4)
+            assert doc.is_greedy == [r[0][1] for r in sample["resps"]]

@@ -45,3 +45,33 @@ def test_stage1_trains_only_the_projector_and_a_rerun_reproduces_it(tmp_path, pa
 
     untrained = build_llava(params, load_processor(params, template="plain").tokenizer).model.multi_modal_projector
     assert any(not torch.equal(first[name], weight) for name, weight in untrained.state_dict().items())
+
+
+def test_image_start_end_tokens_wrap_the_image_and_only_their_rows_train(tmp_path, params_for, mlflow_store, monkeypatch):
+    """LLaVA v1's --mm_use_im_start_end: <im_start> <image>... <im_end> in what the model sees; in stage 1 the two
+    added tokens' input-embedding rows train with the projector, every other row stays the LLM's; stage 2 starts from
+    the trained rows."""
+    from sightbeyond.model.llava import IMAGE_END, IMAGE_START, IMAGE_TOKEN, build_llava, load_processor
+    from sightbeyond.training.common import stage1_dir
+    from sightbeyond.training.preview import encode
+
+    params = params_for(**{"presets.tiny.stage1.epochs": 1, "presets.tiny.stage1.global_batch_size": 4,
+                           "presets.tiny.stage1.per_device_batch_size": 4, "model.image_start_end": True})
+    write_pairs(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    processor = load_processor(params, template="plain")
+    before = build_llava(params, processor.tokenizer).get_input_embeddings().weight.detach().clone()
+    row = {"id": "x", "images": [Image.new("RGB", (32, 32))], "messages": [
+        {"role": "user", "content": [{"type": "image", "text": None}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a square"}]}]}
+    [ids], [labels] = encode(processor, [row], max_length=64)
+    tokens = processor.tokenizer.convert_ids_to_tokens(ids)
+    start = tokens.index(IMAGE_START)
+    assert tokens[start:start + 6] == [IMAGE_START, *[IMAGE_TOKEN] * 4, IMAGE_END]  # 32 px, 16 px patches
+    assert labels[start + 5] == -100  # <im_end> is input, not target
+
+    stage1.run(params)
+    after = build_llava(params, processor.tokenizer, stage1_dir(params)).get_input_embeddings().weight.detach()
+    changed = sorted(torch.nonzero((after != before).any(dim=1)).flatten().tolist())
+    assert changed == processor.tokenizer.convert_tokens_to_ids([IMAGE_START, IMAGE_END])

@@ -23,6 +23,7 @@ from sightbeyond.evaluation.corruptions import corrupt
 from sightbeyond.evaluation.pope import parse_answer as pope_parse
 from sightbeyond.evaluation.pope import score_pope
 from sightbeyond.io import write_json
+from sightbeyond.model.llava import STOP_STRINGS, template_for
 
 RESULTS = Path("results/eval_mm")
 
@@ -85,10 +86,22 @@ def qa_conversation(question: str) -> list[dict]:
 
 
 class Generator:
-    """Batched generation, greedy unless `do_sample` (top-k, reseeded per call so no benchmark depends on another)."""
+    """Batched generation: greedy, or the authors' sampling (`do_sample`: top-k, temperature, beams), reseeded per
+    call so no benchmark depends on another; answers end at the template's stop string where it has one (v0's ###)."""
 
-    def __init__(self, model, processor, cfg: EvalMM):
+    def __init__(self, model, processor, cfg: EvalMM, template: str):
         self.model, self.processor, self.cfg = model, processor, cfg
+        self.stop = STOP_STRINGS.get(template)
+
+    def generation_kwargs(self, max_new_tokens: int) -> dict:
+        cfg = self.cfg
+        sampling = ({"do_sample": True, "top_k": cfg.top_k, "temperature": cfg.temperature} if cfg.do_sample
+                    else {"do_sample": False, "top_k": None, "top_p": None, "temperature": None})
+        stop = {"stop_strings": [self.stop], "tokenizer": self.processor.tokenizer} if self.stop else {}
+        return {"max_new_tokens": max_new_tokens, "num_beams": cfg.num_beams, **sampling, **stop}
+
+    def answer(self, text: str) -> str:
+        return (text.split(self.stop)[0] if self.stop else text).strip()
 
     @torch.inference_mode()
     def __call__(self, conversations: list[list[dict]], images: list[Path], *, max_new_tokens: int, desc: str,
@@ -96,7 +109,7 @@ class Generator:
         cfg, processor = self.cfg, self.processor
         if cfg.do_sample:
             torch.manual_seed(cfg.seed)
-        sampling = {"do_sample": True, "top_k": cfg.top_k} if cfg.do_sample else {"do_sample": False}
+        kwargs = self.generation_kwargs(max_new_tokens)
         answers = []
         for i in tqdm(range(0, len(conversations), cfg.batch_size), desc=desc, unit="batch"):
             batch = range(i, min(i + cfg.batch_size, len(conversations)))
@@ -106,9 +119,9 @@ class Generator:
                 pictures = [transforms[j](p) for j, p in zip(batch, pictures)]
             inputs = processor(text=prompts, images=pictures, padding=True, padding_side="left", return_tensors="pt",
                                add_special_tokens=False).to(self.model.device)
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+            out = self.model.generate(**inputs, **kwargs)
             answers += processor.batch_decode(out[:, inputs.input_ids.shape[1]:], skip_special_tokens=True)
-        return [a.strip() for a in answers]
+        return [self.answer(a) for a in answers]
 
 
 def eval_mme(ask: Generator, data: dict, cfg: EvalMM, done: dict) -> dict[str, float]:
@@ -251,7 +264,11 @@ def run(params: Params, tuning: Tuning) -> None:
     cfg = params.eval_mm
     data = load_benchmarks(cfg)
     model, processor = load_tuned(params, tuning, "image")
-    ask = Generator(model, processor, cfg)
+    template = cfg.template or params.active.template
+    if cfg.template is not None:  # asked in another template than the model was tuned in (the authors': v0)
+        processor.chat_template = processor.tokenizer.chat_template = template_for(processor.tokenizer, cfg.template,
+                                                                                    params.image_start_end)
+    ask = Generator(model, processor, cfg, template)
     name = f"{params.data}-{variant(tuning, 'image')}"
     metrics: dict[str, float] = {}
     for family in sorted(cfg.benchmarks, key=list(FAMILIES).index):  # coco before coco_c, which compares with it

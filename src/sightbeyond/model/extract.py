@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from sightbeyond.config import Modality, Params, Tuning
 from sightbeyond.io import atomic_dir
-from sightbeyond.training.common import extracted_dir, stage1_dir, stage2_dir
+from sightbeyond.training.common import BEST, SELECTION, extracted_dir, stage1_dir, stage2_dir
+
+
+def tuned_dir(params: Params, tuning: Tuning, modality: Modality) -> Path:
+    """The stage-2 model the evaluations read: the best step's where stage2.best_metric chose one, else the last."""
+    out = stage2_dir(params, tuning, modality)
+    return out / BEST if params.stage2.best_metric is not None and (out / BEST).is_dir() else out
 
 
 def load_tuned(params: Params, tuning: Tuning, modality: Modality):
@@ -14,7 +23,7 @@ def load_tuned(params: Params, tuning: Tuning, modality: Modality):
 
     from sightbeyond.model.llava import SightLlava, build_llava, load_llm
 
-    path = stage2_dir(params, tuning, modality)
+    path = tuned_dir(params, tuning, modality)
     if modality == "image":
         processing = AutoProcessor.from_pretrained(path)
         tokenizer = processing.tokenizer
@@ -38,3 +47,5 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     with atomic_dir(extracted_dir(params, tuning, modality)) as tmp:
         llm.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if (chosen := tuned_dir(params, tuning, modality) / SELECTION).is_file():  # how the checkpoint was chosen
+            shutil.copy(chosen, tmp / SELECTION)

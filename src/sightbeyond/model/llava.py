@@ -24,11 +24,19 @@ from sightbeyond.config import ConfigError, Params
 from sightbeyond.model.weights import resolve_backbone, resolve_llm
 
 IMAGE_TOKEN = "<image>"
+# LLaVA v1's `mm_use_im_start_end`: each image's patch tokens between two added tokens
+IMAGE_START, IMAGE_END = "<im_start>", "<im_end>"
 PROJECTOR_FILE = "projector.safetensors"
+# where a template's answer ends when it is not the EOS token: LLaVA's conv_v0 separates rounds with "###"
+STOP_STRINGS = {"v0": "###"}
+IMAGE_ROWS_FILE = "image_token_rows.safetensors"  # stage 1's rows of <im_start> and <im_end>
 
 
-def chat_template(name: str) -> str:
-    return resources.files("sightbeyond.model.templates").joinpath(f"{name}.jinja").read_text()
+def chat_template(name: str, image_start_end: bool = False) -> str:
+    """The template `name`; an image is written as `image`, which the processor expands to one token per patch."""
+    image = f"{IMAGE_START}{IMAGE_TOKEN}{IMAGE_END}" if image_start_end else IMAGE_TOKEN
+    return ("{%- set image = '" + image + "' -%}\n" +
+            resources.files("sightbeyond.model.templates").joinpath(f"{name}.jinja").read_text())
 
 
 class LinearProjector(nn.Module):
@@ -57,20 +65,26 @@ class SightLlava(LlavaForConditionalGeneration):
 
 def load_tokenizer(params: Params, template: str | None = None):
     tokenizer = AutoTokenizer.from_pretrained(resolve_llm(params), trust_remote_code=params.active.trust_remote_code)
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    added = [IMAGE_TOKEN, *((IMAGE_START, IMAGE_END) if params.image_start_end else ())]
+    if missing := [t for t in added if t not in tokenizer.get_vocab()]:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    name = template or params.active.template
+    tokenizer.chat_template = template_for(tokenizer, template or params.active.template, params.image_start_end)
+    return tokenizer
+
+
+def template_for(tokenizer, name: str, image_start_end: bool) -> str:
+    """The chat template `name` as this tokenizer renders it."""
     if name == "chatml" and not {"<|im_start|>", "<|im_end|>"} <= tokenizer.get_vocab().keys():
-        raise ConfigError(f"backbone {params.backbone!r}: template chatml needs <|im_start|> and <|im_end|> in the "
-                          "tokenizer's vocabulary; pick its own template (backbones.<name>.template)")
-    tokenizer.chat_template = chat_template(name)
+        raise ConfigError("template chatml needs <|im_start|> and <|im_end|> in the tokenizer's vocabulary; pick the "
+                          "backbone's own template (backbones.<name>.template)")
+    text = chat_template(name, image_start_end)
     if not starts_with_bos(tokenizer):
         # LLaVA's templates open with the tokenizer's BOS, LLaMA's sequence start. A tokenizer that puts no BOS
         # before text (SmolLM2: its "BOS" is ChatML's <|im_start|> turn marker) was pretrained without one.
-        tokenizer.chat_template = "{%- set bos_token = '' -%}\n" + tokenizer.chat_template
-    return tokenizer
+        text = "{%- set bos_token = '' -%}\n" + text
+    return text
 
 
 def starts_with_bos(tokenizer) -> bool:
@@ -126,26 +140,61 @@ def build_llava(params: Params, tokenizer, projector_dir: Path | None = None) ->
     model.lm_head = llm.get_output_embeddings()
     model.model.multi_modal_projector = make_projector(config).to(llm.dtype)  # the one module not loaded from a tower
     if projector_dir is not None:
-        load_projector(model, projector_dir)
+        load_projector(model, projector_dir, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
-def save_projector(model: SightLlava, out: Path) -> None:
+def image_token_ids(model: SightLlava, tokenizer) -> list[int]:
+    """The ids of <im_start> and <im_end>, when the tokenizer has them (model.image_start_end)."""
+    return [tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_START, IMAGE_END) if t in tokenizer.get_vocab()]
+
+
+def train_image_token_rows(model: SightLlava, tokenizer) -> None:
+    """Stage 1 with image start/end tokens: their input-embedding rows train with the projector, as LLaVA v1.0.1's
+    `initialize_vision_tokenizer`; every other row keeps the LLM's (its gradient is zeroed, and AdamW without weight
+    decay leaves a row with zero gradients where it is)."""
+    rows = image_token_ids(model, tokenizer)
+    if not rows:
+        return
+    weight = model.get_input_embeddings().weight
+    trained = torch.zeros(weight.shape[0], 1, dtype=weight.dtype)
+    trained[rows] = 1
+    weight.requires_grad_(True)
+    weight.register_hook(lambda grad: grad * trained.to(grad.device))
+
+
+def save_projector(model: SightLlava, out: Path, tokenizer) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
     save_file(state, str(out / PROJECTOR_FILE))
-    (out / "projector.json").write_text(json.dumps({"projector_type": model.config.projector_type}))
+    rows = image_token_ids(model, tokenizer)
+    if rows:
+        weight = model.get_input_embeddings().weight.detach()
+        save_file({token: weight[i].contiguous() for token, i in zip((IMAGE_START, IMAGE_END), rows)},
+                  str(out / IMAGE_ROWS_FILE))
+    (out / "projector.json").write_text(json.dumps({"projector_type": model.config.projector_type,
+                                                    "use_im_start_end": bool(rows)}))
 
 
-def load_projector(model: SightLlava, stage1_dir: Path) -> None:
+def load_projector(model: SightLlava, stage1_dir: Path, tokenizer) -> None:
     from safetensors.torch import load_file
 
-    saved = json.loads((stage1_dir / "projector.json").read_text())["projector_type"]
-    if saved != model.config.projector_type:
-        raise ValueError(f"{stage1_dir}: stage-1 projector is {saved!r} but model.projector is {model.config.projector_type!r}")
+    saved = json.loads((stage1_dir / "projector.json").read_text())
+    if saved["projector_type"] != model.config.projector_type:
+        raise ConfigError(f"{stage1_dir}: stage-1 projector is {saved['projector_type']!r} but model.projector is "
+                          f"{model.config.projector_type!r}")
+    rows = image_token_ids(model, tokenizer)
+    if saved.get("use_im_start_end", False) != bool(rows):
+        raise ConfigError(f"{stage1_dir}: stage 1 ran with{'' if saved.get('use_im_start_end') else 'out'} image "
+                          f"start/end tokens, this model {'has' if rows else 'has not'} them (model.image_start_end)")
     model.model.multi_modal_projector.load_state_dict(load_file(str(stage1_dir / PROJECTOR_FILE)))
+    if rows and (stage1_dir / IMAGE_ROWS_FILE).is_file():  # an imported LLaVA checkpoint's LLM holds its own rows
+        trained = load_file(str(stage1_dir / IMAGE_ROWS_FILE))
+        with torch.no_grad():
+            for token, i in zip((IMAGE_START, IMAGE_END), rows):
+                model.get_input_embeddings().weight[i] = trained[token]
 
 
 def language_model_view(llava: LlavaForConditionalGeneration) -> PreTrainedModel:

@@ -28,7 +28,7 @@ def _resolve(name: str, what: str, repo_or_path: str, local_path: str | None, pa
     if not is_hub_id(repo_or_path):
         if (Path(repo_or_path) / "config.json").is_file():
             return repo_or_path
-        hint = "run `dvc repro backbone` to build it" if built else f"set {param}"
+        hint = f"build it: `sightbeyond -S backbone={name} backbone`, or `dvc exp run -S backbone={name}`" if built else f"set {param}"
         raise MissingWeightsError(f"backbone {name!r}: no {what} weights at {repo_or_path} ({hint})")
     return _hub(name, what, repo_or_path, param)
 
@@ -83,3 +83,23 @@ def hub_revision(resolved: str) -> str | None:
 
     cached = try_to_load_from_cache(resolved, "config.json")
     return Path(cached).parent.name if isinstance(cached, str) else None
+
+
+def image_tokens(params: Params) -> int | None:
+    """Patch tokens per image: from the vision encoder's config where it is at hand, else from the hub encoders the
+    recipes name."""
+    from sightbeyond.config import KNOWN_VISION
+
+    b = params.active
+    config = Path(b.vision_local_path or b.vision) / "config.json"
+    if config.is_file():
+        import json
+
+        raw = json.loads(config.read_text())
+        vision = raw.get("vision_config", raw)
+        size, patch = vision.get("image_size", 224), vision.get("patch_size", 14)
+    elif b.vision in KNOWN_VISION:
+        size, patch = KNOWN_VISION[b.vision]
+    else:
+        return None
+    return (size // patch) ** 2

@@ -13,7 +13,7 @@ def run(params: Params) -> None:
     from transformers import set_seed
     from trl import SFTTrainer
 
-    from sightbeyond.model.llava import build_llava, load_processor, save_projector
+    from sightbeyond.model.llava import build_llava, load_processor, save_projector, train_image_token_rows
     from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
 
     hparams, out = params.hparams.stage1, stage1_dir(params)
@@ -23,6 +23,7 @@ def run(params: Params) -> None:
     model = build_llava(params, processor.tokenizer)
     model.requires_grad_(False)
     model.model.multi_modal_projector.requires_grad_(True)
+    train_image_token_rows(model, processor.tokenizer)
     dataset = load_from_disk(str(split_dir("stage1")), keep_in_memory=True)  # no caches written into a DVC output
 
     work, inputs = trainer_dir(params, "stage1"), [split_dir("stage1")]
@@ -33,5 +34,5 @@ def run(params: Params) -> None:
                              callbacks=[ResumableMLflowCallback(resume.logged_through)])
         trainer.train(resume_from_checkpoint=resume.checkpoint)
         if is_main_process():
-            save_projector(model, tmp)
+            save_projector(model, tmp, processor.tokenizer)
             processor.save_pretrained(tmp)
