@@ -48,7 +48,7 @@ def test_registry_holds_the_papers_llms(name):
     assert (params.active.llm, params.active.template) == PAPER_LLMS[name]
     assert params.active.vision == "openai/clip-vit-large-patch14"
     assert params.preset_name == "paper" and not params.active.trust_remote_code
-    assert params.hparams.stage2.lr.ft == 2e-5 and params.hparams.stage2.global_batch_size == 128
+    assert params.hparams.stage2.lr.ft == 2e-5 and params.hparams.stage2.global_batch_size == 32
 
 
 def test_a_hub_id_outside_the_registry_is_a_backbone():
@@ -85,9 +85,18 @@ def test_preset_override_and_llava15_values():
     assert (lora.r, lora.alpha, params.hparams.stage2.lr.lora) == (128, 256, 2e-4)
 
 
-@pytest.mark.parametrize("world, accum", [(1, 32), (2, 16), (8, 4), (32, 1)])
+def test_paper_preset_is_the_authors_stage2_batch_and_llavas_is_its_own():
+    """The authors' scripts: 4 GPUs x 4 per device x 2 accumulation steps = 32, so 2500 steps over the 80k records;
+    LLaVA's own recipe: 128 (625 steps)."""
+    paper = load_params(ROOT / "params.yaml", overrides={"backbone": "llama2"}).hparams.stage2
+    assert (paper.global_batch_size, paper.grad_accum(4), 80_000 // paper.global_batch_size) == (32, 2, 2500)
+    llava = load_params(ROOT / "params.yaml", overrides={"backbone": "llama2", "preset": "llava"}).hparams.stage2
+    assert (llava.global_batch_size, 80_000 // llava.global_batch_size) == (128, 625)
+
+
+@pytest.mark.parametrize("world, accum", [(1, 8), (2, 4), (4, 2), (8, 1)])
 def test_global_batch_is_held_across_world_sizes(world, accum):
-    stage2 = load_params(ROOT / "params.yaml", overrides={"backbone": "llama2"}).hparams.stage2  # 128 = 4 per device x ...
+    stage2 = load_params(ROOT / "params.yaml", overrides={"backbone": "llama2"}).hparams.stage2  # 32 = 4 per device x ...
     assert stage2.grad_accum(world) == accum
     assert stage2.per_device_batch_size * world * accum == stage2.global_batch_size
 

@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("synth", help="write ShapesWorld in the real datasets' layouts, and the NLP fixtures")
     sub.add_parser("backbone", help="the selected backbone under models/backbones/<name>: built (tiny), converted (GGUF) "
                                     "or its weights resolved")
-    sub.add_parser("check", help="validate params.yaml and resolve the backbone's weights; nothing else")
+    sub.add_parser("check", help="validate params.yaml, print the resolved recipe and resolve the backbone's weights")
     sub.add_parser("subsets", help="the per-type ablation sets (seeded draws from the LLaVA-Instruct files)")
     s = sub.add_parser("prepare", help="LLaVA-layout files into TRL datasets (stage 1; stage 2 with images and text-only)")
     s.add_argument("--split", choices=("stage1", "instruct"), required=True,
@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             overrides |= {"backbone": args.backbone, "grid.tuning": [args.tuning], "grid.modality": [args.modality],
                           "grid.data": [args.data], "preset": None if args.preset == "backbone" else args.preset}
         params = load_params(overrides=overrides)
+        if args.command == "check":  # the recipe first: it needs no weights
+            from sightbeyond.model.weights import image_tokens
+
+            print(params.recipe(image_tokens(params)))
         # missing weights stop every stage in seconds, before data is read
         if args.command in ("check", "stage1", "eval_mm") or (args.command == "stage2" and args.modality == "image"):
             from sightbeyond.model.weights import resolve_backbone

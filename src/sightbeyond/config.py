@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from pathlib import Path
@@ -26,6 +27,10 @@ class Strict(BaseModel):
 
 
 CLIP_L14 = "openai/clip-vit-large-patch14"
+# (image size, patch size) of the hub encoders the recipes name, for describing a recipe without their weights
+KNOWN_VISION = {CLIP_L14: (224, 14), "openai/clip-vit-large-patch14-336": (336, 14)}
+INSTRUCT_80K = 80_000  # records in llava_instruct_80k.json, the paper's stage-2 set
+IMAGE_START_END = "<im_start> <im_end>"
 
 
 class GGUFFile(Strict):
@@ -139,6 +144,7 @@ class Report(Strict):
 class ModelCfg(Strict):
     projector: Literal["linear", "mlp2x_gelu"] = "linear"
     vision_feature_layer: int = -2
+    image_start_end: bool | None = None     # <im_start>/<im_end> around each image's tokens; null: the preset's
 
 
 class Batching(Strict):
@@ -178,6 +184,7 @@ class Stage2Hparams(Batching):
     epochs: PositiveFloat = 1
     max_steps: PositiveInt | None = None
     lr: Stage2LR
+    mm_projector_lr: PositiveFloat | None = None  # LLaVA-1.5's: the projector's own learning rate (null: the run's)
     lora: LoraCfg
     warmup_ratio: float = 0.03
     max_length: PositiveInt
@@ -188,6 +195,7 @@ class Stage2Hparams(Batching):
 class Preset(Strict):
     stage1: Stage1Hparams
     stage2: Stage2Hparams
+    image_start_end: bool = False           # LLaVA v1's --mm_use_im_start_end (the authors' scripts: on)
 
 
 class Stage1(Strict):
@@ -200,6 +208,17 @@ class Stage2(Strict):
     stepwise_tasks: list[str] = ["truthfulqa_mc1", "ethics_cm", "ethics_deontology", "ethics_justice",
                                  "ethics_utilitarianism", "ethics_virtue"]
     best_metric: str | None = None          # a step-wise metric, e.g. truthfulqa_mc1/acc: keep the model where it peaks
+    # a seeded share of the step-wise tasks' documents that only chooses that step: kept out of every reported score
+    # (eval_nlp too); null: the step is chosen on the reported documents themselves, and the report says so
+    selection_holdout: float | None = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _holdout_needs_a_metric(self):
+        if self.selection_holdout is not None and self.best_metric is None:
+            raise ValueError("stage2.selection_holdout chooses a step by stage2.best_metric, which is not set")
+        if self.best_metric is not None and not self.stepwise_tasks:
+            raise ValueError("stage2.best_metric is a step-wise metric, and stage2.stepwise_tasks is empty")
+        return self
 
 
 class EvalNLP(Strict):
@@ -208,6 +227,8 @@ class EvalNLP(Strict):
     tasks: list[str]
     batch_size: PositiveInt = 16
     limit: PositiveInt | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # of the base LLM and of every tuned one alike
+    add_bos_token: bool | None = None       # null: the tokenizer's own (lm-eval 0.4.13); false: the 2023 harness's
 
     @model_validator(mode="after")
     def _local_needs_root(self):
@@ -231,7 +252,7 @@ class EvalMM(Strict):
     flickr30k_images: Path
     caption_prompt: str
     caption_examples: int = 3               # text-only in-context examples
-    caption_max_new_tokens: PositiveInt = 20
+    caption_max_new_tokens: PositiveInt = 10  # the authors' (their evaluate.py's --max_generation_length default)
     corruptions: list[Literal["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
                               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform",
                               "pixelate", "jpeg_compression", "speckle_noise", "gaussian_blur", "spatter", "saturate"]]
@@ -239,9 +260,12 @@ class EvalMM(Strict):
     unicorn_dir: Path
     max_new_tokens: PositiveInt = 16
     batch_size: PositiveInt = 32
-    do_sample: bool = False
+    do_sample: bool = False                 # the authors sampled: top_k 50, temperature 0.2, one beam, seed 42
     top_k: PositiveInt = 50
+    temperature: PositiveFloat = 0.2
+    num_beams: PositiveInt = 1
     seed: int = 42
+    template: Template | None = None        # the conversation template asked in; null: the model's own (stage 2's)
 
     @model_validator(mode="after")
     def _coco_c_needs_coco(self):
@@ -290,6 +314,9 @@ class Params(Strict):
                                  f"dvc exp run -S '+backbones.mine.llm={self.backbone}' -S backbone=mine")
         if self.preset_name not in self.presets:
             raise ValueError(f"preset {self.preset_name!r} is not in presets: {sorted(self.presets)}")
+        if self.stage2.selection_holdout is not None and self.eval_nlp.limit is not None:
+            raise ValueError("eval_nlp.limit (the first documents) and stage2.selection_holdout (a seeded share kept "
+                             "out) both choose documents; set one")
         return self
 
     @property
@@ -316,6 +343,32 @@ class Params(Strict):
     @property
     def hparams(self) -> Preset:
         return self.presets[self.preset_name]
+
+    @property
+    def image_start_end(self) -> bool:
+        return self.hparams.image_start_end if self.model.image_start_end is None else self.model.image_start_end
+
+    def recipe(self, image_tokens: int | None) -> str:
+        """What a run with these params does, in the terms PROTOCOL.md states the authors' settings in."""
+        s1, s2, mm, nlp = self.hparams.stage1, self.hparams.stage2, self.eval_mm, self.eval_nlp
+        steps = math.ceil(INSTRUCT_80K * s2.epochs / s2.global_batch_size)
+        wrapped = f", wrapped in {IMAGE_START_END}" if self.image_start_end else ""
+        decoding = (f"do_sample top_k {mm.top_k} temperature {mm.temperature} num_beams {mm.num_beams} seed {mm.seed}"
+                    if mm.do_sample else f"greedy, num_beams {mm.num_beams}")
+        return "\n".join([
+            f"backbone {self.backbone}: {self.active.llm}, vision {self.active.vision}, preset {self.preset_name}",
+            f"stage 1: global batch {s1.global_batch_size}, lr {s1.lr:g}, {s1.epochs:g} epoch(s), max length {s1.max_length}",
+            f"stage 2: global batch {s2.global_batch_size} ({s2.per_device_batch_size} per device, accumulation from "
+            f"the world size), lr {s2.lr.ft:g} (ft) / {s2.lr.lora:g} (lora, r {s2.lora.r} alpha {s2.lora.alpha})"
+            + (f", projector lr {s2.mm_projector_lr:g}" if s2.mm_projector_lr else "")
+            + f", template {self.active.template}: {steps} steps over {INSTRUCT_80K} records (llava_instruct_80k)"
+            + (f", at most {s2.max_steps} steps" if s2.max_steps else ""),
+            f"image tokens: {image_tokens if image_tokens is not None else 'unknown'} per image{wrapped}; projector "
+            f"{self.model.projector}, vision layer {self.model.vision_feature_layer}",
+            f"evaluation dtype {nlp.dtype}, add_bos_token {nlp.add_bos_token if nlp.add_bos_token is not None else 'the tokenizer default'}",
+            f"decoding: {decoding}; template {mm.template or 'the model' + chr(39) + 's own'}; captions: at most "
+            f"{mm.caption_max_new_tokens} new tokens, other answers {mm.max_new_tokens}",
+        ])
 
 
 REGISTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

@@ -10,6 +10,8 @@ import torch
 from sightbeyond.config import Params, Stage1Hparams, Stage2Hparams
 
 MODELS = Path("models")
+BEST = "best"  # stage 2's output holds the best step's model here when stage2.best_metric chose one
+SELECTION = "selection.json"  # beside it: how it was chosen (metric, step, value, on which documents)
 # Seeded before the model is built, not only by the Trainer after: the projector's initialisation, LoRA's and the
 # new image-token row of a hub LLM's embeddings are drawn before the Trainer exists.
 SEED = 0
@@ -34,6 +36,17 @@ def trainer_dir(params: Params, name: str) -> Path:
 
 def extracted_dir(params: Params, tuning: str, modality: str) -> Path:
     return MODELS / params.backbone_key / "llm" / params.data / variant(tuning, modality)
+
+
+def sharded_parameters() -> str | None:
+    """The parameter sharding of this launch, which `accelerate launch` announces to its processes."""
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        return "FSDP"
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        return "DeepSpeed ZeRO-3"
+    return None
 
 
 def world_size() -> int:
@@ -82,3 +95,20 @@ def unwrap_causal_lm(model: torch.nn.Module):
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return language_model_view(base) if isinstance(base, LlavaForConditionalGeneration) else base
+
+
+def with_projector_lr(trainer, projector_lr: float):
+    """LLaVA-1.5's `mm_projector_lr`: the projector in an optimizer parameter group of its own, everything else that
+    trains (LoRA's adapters, or the LLM) at the run's learning rate; the Trainer's scheduler scales both. Set on the
+    trainer after SFTTrainer has wrapped the model (PEFT), before training; transformers' Trainer has no per-module
+    learning rate."""
+    from transformers import Trainer
+
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)
+    named = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
+    decay = trainer.args.weight_decay
+    trainer.optimizer = optimizer_cls([
+        {"params": [p for n, p in named if "multi_modal_projector" not in n], "weight_decay": decay},
+        {"params": [p for n, p in named if "multi_modal_projector" in n], "weight_decay": decay, "lr": projector_lr},
+    ], **kwargs)
+    return trainer

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sightbeyond.config import Modality, Params, Tuning
+from sightbeyond.config import ConfigError, Modality, Params, Tuning
 from sightbeyond.data.prepare import split_dir
 from sightbeyond.io import atomic_dir, is_main_process
-from sightbeyond.training.common import SEED, sft_config, stage1_dir, stage2_dir, trainer_dir, variant, world_size
+from sightbeyond.training.common import (SEED, sft_config, sharded_parameters, stage1_dir, stage2_dir, trainer_dir, variant,
+                                         with_projector_lr, world_size)
 
 LLM_LINEAR = r"layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
@@ -33,6 +34,11 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
 
     cfg, hparams, out = params.stage2, params.hparams.stage2, stage2_dir(params, tuning, modality)
     hparams.grad_accum(world_size())  # a batch that does not divide fails before the model loads
+    if cfg.stepwise_tasks and (sharding := sharded_parameters()):
+        # the evaluator runs the LLM outside the trainer's forward, where sharded parameters are never gathered
+        raise ConfigError(f"step-wise evaluation needs every process to hold the whole model; under {sharding} it "
+                          "would hang or score garbage. Run it with DDP or ZeRO-2, or without step-wise evaluation "
+                          "(-S 'stage2.stepwise_tasks=[]')")
     set_seed(SEED)
     if modality == "image":
         processing = load_processor(params)
@@ -50,13 +56,17 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
                        tags={"tuning": tuning, "modality": modality}, param_sections=("model", "stage2"), hparams=hparams,
                        inputs=inputs, trainer_dir=work, fingerprint=fingerprint(params, inputs, tuning=tuning, modality=modality)
                        ) as resume, atomic_dir(out) as tmp:
-        stepwise = StepwiseEval.from_params(params, tokenizer, logged_through=resume.logged_through)
+        stepwise = StepwiseEval.from_params(params, tokenizer, logged_through=resume.logged_through) \
+            if cfg.stepwise_tasks else None
         args = sft_config(work, hparams, lr=getattr(hparams.lr, tuning), save_steps=cfg.save_steps)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing,
                              peft_config=lora_config(params, modality) if tuning == "lora" else None,
-                             callbacks=[stepwise, ResumableMLflowCallback(resume.logged_through)])
+                             callbacks=[c for c in (stepwise, ResumableMLflowCallback(resume.logged_through)) if c])
+        if hparams.mm_projector_lr and modality == "image":
+            with_projector_lr(trainer, hparams.mm_projector_lr)
         trainer.train(resume_from_checkpoint=resume.checkpoint)
         trainer.save_model(str(tmp))
-        stepwise.move_best(tmp)  # out of the trainer directory, which goes once the run succeeds
+        if stepwise is not None:
+            stepwise.move_best(tmp)  # out of the trainer directory, which goes once the run succeeds
         if is_main_process():
             processing.save_pretrained(str(tmp))

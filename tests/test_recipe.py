@@ -1,0 +1,72 @@
+"""The authors' recipe as parameters: LLaVA-1.5's projector learning rate, and `check` printing the resolved recipe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT
+from sightbeyond.config import load_params
+
+
+def test_llava15_trains_the_projector_at_its_own_learning_rate(params_for, tmp_path):
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from sightbeyond.model.llava import build_llava, load_processor
+    from sightbeyond.training.common import sft_config, with_projector_lr
+    from sightbeyond.training.stage2 import lora_config
+
+    params = params_for(**{"presets.tiny.stage2.mm_projector_lr": 1e-2, "presets.tiny.stage2.max_steps": 1,
+                           "presets.tiny.stage2.warmup_ratio": 0.0,
+                           "presets.tiny.stage2.global_batch_size": 2, "presets.tiny.stage2.per_device_batch_size": 2})
+    hparams = params.hparams.stage2
+    processor = load_processor(params)
+    model = build_llava(params, processor.tokenizer)
+    model.model.vision_tower.requires_grad_(False)
+    image = tmp_path / "red.png"
+    Image.new("RGB", (32, 32), "red").save(image)
+    rows = [{"images": [str(image)], "messages": [
+        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Is there a star?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "No, there is no star."}]}]}] * 2
+    trainer = SFTTrainer(model=model, args=sft_config(tmp_path / "work", hparams, lr=hparams.lr.lora, save_steps=None),
+                         train_dataset=Dataset.from_list(rows), processing_class=processor,
+                         peft_config=lora_config(params, "image"))
+    with_projector_lr(trainer, hparams.mm_projector_lr)
+    rest, projector = trainer.optimizer.param_groups
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    assert projector["lr"] == 1e-2 and rest["lr"] == hparams.lr.lora
+    assert projector["params"] and all("multi_modal_projector" in names[id(p)] for p in projector["params"])
+    assert rest["params"] and all("lora_" in names[id(p)] for p in rest["params"])
+    before = {names[id(p)]: p.detach().clone() for p in projector["params"]}
+    trainer.train()
+    assert any(not torch.equal(before[names[id(p)]], p) for p in projector["params"])
+
+
+def test_check_prints_the_resolved_recipe(capsys, monkeypatch):
+    """What a run of the paper's LLaMA-2 would do, read off PROTOCOL.md: stage 2 at a global batch of 32 (2500 steps
+    over the 80k records), image start/end tokens, fp32 evaluation, the authors' decoding when asked for."""
+    from sightbeyond.cli import main
+    from sightbeyond.model import weights
+
+    monkeypatch.setattr(weights, "_hub", lambda name, what, repo, param: repo)  # weights found, wherever they are
+    assert main(["-S", "backbone=llama2", "-S", "eval_mm.do_sample=true", "check"]) == 0
+    out = capsys.readouterr().out
+    for line in ("stage 2: global batch 32", "2500 steps over 80000 records", "lr 2e-05", "template llama_2",
+                 "image tokens: 256 per image, wrapped in <im_start> <im_end>", "evaluation dtype float32",
+                 "do_sample top_k 50 temperature 0.2 num_beams 1 seed 42", "captions: at most 10 new tokens"):
+        assert line in out, (line, out)
+
+
+def test_llava_preset_keeps_llavas_own_batch():
+    params = load_params(ROOT / "params.yaml", overrides={"backbone": "vicuna7b", "preset": "llava"})
+    assert params.hparams.stage2.global_batch_size == 128 and params.image_start_end
+
+
+@pytest.mark.parametrize("preset, wrapped", [("paper", True), ("llava15", False), ("tiny", False)])
+def test_image_start_end_follows_the_preset_unless_set(preset, wrapped):
+    params = load_params(ROOT / "params.yaml", overrides={"backbone": "llama2", "preset": preset})
+    assert params.image_start_end is wrapped
+    assert load_params(ROOT / "params.yaml", overrides={"backbone": "llama2", "preset": preset,
+                                                        "model.image_start_end": not wrapped}).image_start_end is not wrapped
