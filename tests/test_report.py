@@ -57,10 +57,13 @@ def empty_store(request, path: Path) -> None:
 def store(tmp_path_factory, request):
     """One sqlite store for the module: the paper's Table 1 as runs, a tiny backbone with per-document results, its
     multimodal and stage-2 runs, and runs of two commits."""
+    yield from fill_store(tmp_path_factory.mktemp("mlflow") / "mlflow.db", request)
+
+
+def fill_store(path: Path, request):
     import mlflow
     from mlflow.entities import Metric
 
-    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     empty_store(request, path)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}")
@@ -241,6 +244,24 @@ def test_report_files(store, tmp_path):
     assert "tiny/ft-text/full" in (out / "tables" / "ablation.md").read_text()
 
 
+def test_the_report_from_another_store_of_the_same_runs_differs_only_in_run_ids(store, tmp_path, request):
+    """What a fresh clone's own runs give: the committed report's files, but for the run ids they name."""
+    first = tmp_path / "first"
+    build.write(Report(resamples=200), latest(EXPERIMENT), EXPERIMENT, first)
+    again = fill_store(tmp_path / "again.db", request)
+    next(again)  # the same runs, logged anew into another store: other run ids
+    second = tmp_path / "second"
+    build.write(Report(resamples=200), latest(EXPERIMENT), EXPERIMENT, second)
+    run_id = re.compile(rb"\b[0-9a-f]{32}\b")
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file()) and len(files) > 20
+    assert run_id.search((first / "README.md").read_bytes()) and run_id.search((first / "runs.json").read_bytes())
+    assert (first / "README.md").read_bytes() != (second / "README.md").read_bytes()  # other ids indeed
+    for f in files:
+        assert run_id.sub(b"<run>", (first / f).read_bytes()) == run_id.sub(b"<run>", (second / f).read_bytes()), f
+    next(again, None)
+
+
 def test_compare_table(store):
     import mlflow
 
@@ -281,3 +302,26 @@ def test_runs_measured_differently_are_not_paired():
         key, value = next(iter(change.items()))
         with pytest.warns(UserWarning, match=f"{key} {measured[key]} vs {value}"):
             assert results.compare(base, tuned, "ethics/acc", BOOT) is None
+
+
+def test_an_ad_hoc_evaluation_changes_neither_the_tracked_results_nor_the_report(tiny_project, monkeypatch, mlflow_store):
+    """`-S eval_nlp.limit=1` is not the pipeline's measurement: its summary goes to results/adhoc/, and the report,
+    which reads the runs params.yaml describes, leaves it out and says so."""
+    from sightbeyond.cli import main
+
+    root = tiny_project()
+    monkeypatch.setenv("SIGHTBEYOND_ROOT", str(root))
+    assert main(["eval_nlp", "--model", "base"]) == 0
+    tracked = root / "results/eval_nlp/tiny-base.json"
+    before = tracked.read_text()
+    assert main(["-S", "eval_nlp.limit=1", "eval_nlp", "--model", "base"]) == 0
+    assert tracked.read_text() == before and (root / "results/adhoc/eval_nlp/tiny-base.json").is_file()
+    assert main(["report"]) == 0
+    import mlflow
+
+    pipeline, ad_hoc = mlflow.search_runs(experiment_names=["sight-beyond-text"], filter_string="tags.stage = 'eval_nlp'",
+                                          order_by=["attributes.start_time ASC"], output_format="list")
+    assert ad_hoc.data.tags["ad_hoc"] == "true" and "ad_hoc" not in pipeline.data.tags
+    read, left_out = (root / "reports/README.md").read_text().split("## Runs left out")
+    assert pipeline.info.run_id in read and ad_hoc.info.run_id not in read
+    assert f"`tiny/base` run {ad_hoc.info.run_id}: measured otherwise" in left_out and "eval_limit 1 not None" in left_out

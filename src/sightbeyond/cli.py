@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides |= {"backbone": args.backbone, "grid.tuning": [args.tuning], "grid.modality": [args.modality],
                           "grid.data": [args.data], "preset": None if args.preset == "backbone" else args.preset}
         params = load_params(overrides=overrides)
+        params._command_line = frozenset(_overrides(args.set))
         if args.command == "check":  # the recipe first: it needs no weights
             from sightbeyond.model.weights import image_tokens
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, PrivateAttr, ValidationError,
+                      model_validator)
 
 Tuning = Literal["lora", "ft"]
 Modality = Literal["image", "text"]
@@ -162,6 +163,7 @@ class Batching(Strict):
 
 
 class Stage1Hparams(Batching):
+    seed: int = 0                           # the training seed (SFTConfig's): data order, initialisation, dropout
     epochs: PositiveFloat = 1
     max_steps: PositiveInt | None = None    # stop after this many optimizer steps (null: the epochs decide)
     lr: PositiveFloat
@@ -181,6 +183,7 @@ class Stage2LR(Strict):
 
 
 class Stage2Hparams(Batching):
+    seed: int = 0                           # `dvc exp run -S presets.paper.stage2.seed=1`: a seed sweep
     epochs: PositiveFloat = 1
     max_steps: PositiveInt | None = None
     lr: Stage2LR
@@ -277,6 +280,10 @@ class EvalMM(Strict):
 
 
 class Params(Strict):
+    # `-S` overrides given on the command line, past what dvc.yaml itself passes (`data`): a run whose settings are
+    # not params.yaml's, whose results stay out of the pipeline's tracked files
+    _command_line: frozenset[str] = PrivateAttr(default=frozenset())
+
     backbone: str
     data: InstructData = "full"  # the instruction set one command works on; dvc.yaml passes each of grid.data
     launch: str = "sightbeyond"  # the training stages' command in dvc.yaml (`accelerate launch ... -m sightbeyond`)
@@ -318,6 +325,16 @@ class Params(Strict):
             raise ValueError("eval_nlp.limit (the first documents) and stage2.selection_holdout (a seeded share kept "
                              "out) both choose documents; set one")
         return self
+
+    @property
+    def ad_hoc(self) -> bool:
+        return bool(self._command_line - {"data"})
+
+    def results_dir(self, stage: str, kind: str = "results") -> Path:
+        """Where an evaluation stage writes its summary (`results`) and its per-document predictions
+        (`predictions`): the pipeline's tracked files, or <kind>/adhoc/ for a run with other settings than
+        params.yaml's (dvc.yaml's outputs stay what the pipeline measured)."""
+        return Path(kind) / ("adhoc" if self.ad_hoc else "") / stage
 
     @property
     def backbone_key(self) -> str:

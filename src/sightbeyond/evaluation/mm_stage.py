@@ -22,10 +22,9 @@ from sightbeyond.evaluation import captions, mme, unicorn
 from sightbeyond.evaluation.corruptions import corrupt
 from sightbeyond.evaluation.pope import parse_answer as pope_parse
 from sightbeyond.evaluation.pope import score_pope
-from sightbeyond.io import write_json
+from sightbeyond.io import atomic_dir, write_json
 from sightbeyond.model.llava import STOP_STRINGS, template_for
 
-RESULTS = Path("results/eval_mm")
 
 
 def read_pope(path: Path) -> list[dict]:
@@ -257,8 +256,8 @@ def family_inputs(cfg: EvalMM, family: str) -> list[Path]:
 def run(params: Params, tuning: Tuning) -> None:
     import mlflow
 
-    from sightbeyond.model.extract import load_tuned
-    from sightbeyond.tracking.runs import stage_run
+    from sightbeyond.model.extract import load_tuned, tuned_dir
+    from sightbeyond.tracking.runs import logged_model, stage_run
     from sightbeyond.training.common import stage2_dir, variant
 
     cfg = params.eval_mm
@@ -269,13 +268,21 @@ def run(params: Params, tuning: Tuning) -> None:
         processor.chat_template = processor.tokenizer.chat_template = template_for(processor.tokenizer, cfg.template,
                                                                                     params.image_start_end)
     ask = Generator(model, processor, cfg, template)
+    weights = tuned_dir(params, tuning, "image")
+    model_id = logged_model(params, weights, name=f"stage2-{params.backbone_key}-{params.data}-{variant(tuning, 'image')}",
+                            model_type="stage2")
     name = f"{params.data}-{variant(tuning, 'image')}"
     metrics: dict[str, float] = {}
-    for family in sorted(cfg.benchmarks, key=list(FAMILIES).index):  # coco before coco_c, which compares with it
-        with stage_run("eval_mm", params, name=f"eval_mm-{params.backbone_key}-{name}-{family}",
-                       tags={"tuning": tuning, "modality": "image", "model": name, "family": family},
-                       param_sections=("eval_mm",), inputs=[stage2_dir(params, tuning, "image"), *family_inputs(cfg, family)]):
-            got = FAMILIES[family](ask, data, cfg, metrics)
-            mlflow.log_metrics(got)
-        metrics |= got
-    write_json(RESULTS / f"{params.backbone_key}-{name}.json", metrics)
+    # every family's prediction tables, as MLflow holds them, are also the stage's DVC output: a clone without that
+    # output evaluates (and logs) again
+    with atomic_dir(params.results_dir("eval_mm", "predictions") / f"{params.backbone_key}-{name}") as out:
+        for family in sorted(cfg.benchmarks, key=list(FAMILIES).index):  # coco before coco_c, which compares with it
+            with stage_run("eval_mm", params, name=f"eval_mm-{params.backbone_key}-{name}-{family}",
+                           tags={"tuning": tuning, "modality": "image", "model": name, "family": family},
+                           param_sections=("eval_mm",),
+                           inputs=[stage2_dir(params, tuning, "image"), *family_inputs(cfg, family)]) as run:
+                got = FAMILIES[family](ask, data, cfg, metrics)
+                mlflow.log_metrics(got, model_id=model_id)
+                mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(out / family))
+            metrics |= got
+    write_json(params.results_dir("eval_mm") / f"{params.backbone_key}-{name}.json", metrics)

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 from sightbeyond.config import Params
-from sightbeyond.io import write_json
+from sightbeyond.io import atomic_dir, write_json
 from sightbeyond.training.common import SELECTION
 
 FIXTURES = Path("data/shapesworld/nlp")
-RESULTS = Path("results/eval_nlp")
 
 
 def nlp_data_root(params: Params) -> Path | None:
@@ -35,16 +34,27 @@ def reported_documents(params: Params, data_root: Path | None) -> dict[str, list
     return {name: ids for name, ids in fixed_subsample(tasks, None, kept_out=held).items() if name in held}
 
 
+def expected(params: Params) -> dict[str, str]:
+    """The measurement tags an eval_nlp run of these params carries, BOS aside (the tokenizer's, for the default);
+    the documents' hash where the documents are at hand."""
+    from sightbeyond.evaluation.nlp import data_hash
+
+    cfg = params.eval_nlp
+    out = {"eval_source": cfg.source, "eval_limit": str(cfg.limit), "eval_dtype": cfg.dtype,
+           "eval_holdout": str(params.stage2.selection_holdout)}
+    try:
+        return out | {"eval_data": data_hash(cfg.tasks, cfg.source, nlp_data_root(params))}
+    except FileNotFoundError:
+        return out
+
+
 def measured(params: Params, tokenizer) -> dict[str, str]:
     """What an evaluation measured, as run tags: only runs that agree on all of them can be compared."""
-    from sightbeyond.evaluation.nlp import data_hash
     from sightbeyond.model.llava import starts_with_bos
 
     cfg = params.eval_nlp
     bos = starts_with_bos(tokenizer) if cfg.add_bos_token is None else cfg.add_bos_token
-    return {"eval_source": cfg.source, "eval_data": data_hash(cfg.tasks, cfg.source, nlp_data_root(params)),
-            "eval_tasks": ",".join(cfg.tasks), "eval_limit": str(cfg.limit), "eval_dtype": cfg.dtype,
-            "add_bos_token": str(bos), "eval_holdout": str(params.stage2.selection_holdout)}
+    return expected(params) | {"eval_tasks": ",".join(cfg.tasks), "add_bos_token": str(bos)}
 
 
 def run(params: Params, model: str) -> None:
@@ -54,7 +64,7 @@ def run(params: Params, model: str) -> None:
 
     from sightbeyond.evaluation.nlp import evaluate_llm
     from sightbeyond.model.weights import resolve_llm
-    from sightbeyond.tracking.runs import stage_run
+    from sightbeyond.tracking.runs import logged_model, stage_run
     from sightbeyond.training.common import extracted_dir
 
     if model == "base":
@@ -75,8 +85,15 @@ def run(params: Params, model: str) -> None:
         result = evaluate_llm(path, tokenizer, cfg.tasks, cfg.source, data_root, limit=cfg.limit,
                               batch_size=cfg.batch_size, log_samples=True, dtype=cfg.dtype,
                               add_bos_token=cfg.add_bos_token, samples=reported_documents(params, data_root))
-        mlflow.log_metrics(result.metrics)
+        # the scores belong to these weights: an external logged model (tiny/smollm2 bases and every tuned LLM)
+        model_id = logged_model(params, Path(path), name=f"llm-{params.backbone_key}-{model}", model_type="llm") \
+            if Path(path).is_dir() else None
+        mlflow.log_metrics(result.metrics, model_id=model_id)
         mlflow.log_dict(result.raw, "lm_eval_results.json")
-        for task, samples in result.samples.items():  # lm-eval's per-document records: prompt, responses, metrics
-            mlflow.log_text("".join(json.dumps(s) + "\n" for s in samples), f"predictions/{task}.jsonl")
-        write_json(RESULTS / f"{params.backbone_key}-{model}.json", result.metrics)
+        # lm-eval's per-document records (prompt, responses, metrics): in the run, and as the stage's DVC output, so a
+        # clone without that output evaluates (and logs) again
+        with atomic_dir(params.results_dir("eval_nlp", "predictions") / f"{params.backbone_key}-{model}") as out:
+            for task, samples in result.samples.items():
+                (out / f"{task}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+            mlflow.log_artifacts(str(out), "predictions")
+        write_json(params.results_dir("eval_nlp") / f"{params.backbone_key}-{model}.json", result.metrics)

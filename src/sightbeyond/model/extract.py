@@ -40,6 +40,7 @@ def load_tuned(params: Params, tuning: Tuning, modality: Modality):
 
 def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     from sightbeyond.model.llava import language_model_view
+    from sightbeyond.tracking.runs import logged_model
 
     model, processing = load_tuned(params, tuning, modality)
     llm = language_model_view(model) if modality == "image" else model
@@ -49,3 +50,5 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
         tokenizer.save_pretrained(tmp)
         if (chosen := tuned_dir(params, tuning, modality) / SELECTION).is_file():  # how the checkpoint was chosen
             shutil.copy(chosen, tmp / SELECTION)
+    logged_model(params, extracted_dir(params, tuning, modality), model_type="llm",
+                 name=f"llm-{params.backbone_key}-{params.data}-{tuning}-{modality}")

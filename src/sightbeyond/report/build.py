@@ -9,6 +9,8 @@ reports/ (one folder per kind of output, so DVC can declare each: outs, plots, m
   figures/fig{2,3,4,5}_*.png            Figures 2-5
   plots/*.csv, plots/stepwise/*.csv     the figures' data, for `dvc plots`
   metrics.json                          headline deltas against the base LLM, for `dvc metrics diff`
+  runs.json                             the runs read, per cell (a cached DVC output, not in git: a fresh clone
+                                        rebuilds the report from its own runs)
 """
 
 from __future__ import annotations
@@ -96,12 +98,15 @@ def write(cfg: Report, results: Results, experiment: str, out: Path) -> dict:
     headline = _headline([r for r in ablation if r["metric"] in HEADLINE])
     (out / "metrics.json").write_text(json.dumps(headline, indent=2, sort_keys=True) + "\n")
     (out / "README.md").write_text(_readme(cfg, experiment, results))
+    (out / "runs.json").write_text(json.dumps({c.label + f" ({c.stage})": sorted(set(r.run_of.values()))
+                                               for c, r in sorted(results.cells.items())}, indent=2) + "\n")
     return headline
 
 
 def _readme(cfg: Report, experiment: str, results: Results) -> str:
     cells = "\n".join(f"- `{c.stage}` {c.label}: runs {', '.join(sorted(set(r.run_of.values())))}"
                       for c, r in sorted(results.cells.items(), key=lambda kv: (kv[0].stage, kv[0].label)))
+    left_out = "\n".join(f"- {why}" for why in results.left_out)
     return f"""# Report: the paper's tables and figures from this project's runs
 
 Read from {_selection(cfg, experiment)}. A cell with no run is shown as missing ("—", "no run"), never filled in.
@@ -130,6 +135,10 @@ results, else the paired bootstrap.
 ## Cells read
 
 {cells or "none"}
+
+## Runs left out
+
+{left_out or "none"}
 """
 
 
@@ -137,12 +146,14 @@ def run(params) -> None:
     """`params`: the project's Params, with `report` (settings.Report) and `tracking.experiment`."""
     import mlflow
 
+    from sightbeyond.evaluation.nlp_stage import expected
     from sightbeyond.io import atomic_dir
     from sightbeyond.tracking.runs import flatten, stage_run
 
     cfg = params.report
     with stage_run("report", params, name="report") as active:
-        results = latest(params.tracking.experiment, git_commit=cfg.git_commit, dvc_exp=cfg.dvc_exp)
+        results = latest(params.tracking.experiment, git_commit=cfg.git_commit, dvc_exp=cfg.dvc_exp,
+                         measured=expected(params))
         with atomic_dir(OUT) as tmp:  # no stale figure of a run no longer selected survives a rebuild
             headline = write(cfg, results, params.tracking.experiment, tmp)
         if active is not None:

@@ -70,8 +70,9 @@ def cell_of(tags: dict[str, str]) -> Cell | None:
 class Results:
     """The cells found, with their metrics, per-document results, intervals and paired comparisons."""
 
-    def __init__(self, cells: dict[Cell, CellRuns]):
+    def __init__(self, cells: dict[Cell, CellRuns], left_out: list[str] | None = None):
         self.cells = cells
+        self.left_out = left_out or []  # runs not read, and why
         self._docs: dict[tuple[Cell, str], Docs | None] = {}  # artifacts are read once per report
 
     def value(self, cell: Cell, metric: str) -> float | None:
@@ -140,9 +141,11 @@ class Results:
         return sorted(points.items())
 
 
-def latest(experiment: str, *, git_commit: str | None = None, dvc_exp: str | None = None) -> Results:
+def latest(experiment: str, *, git_commit: str | None = None, dvc_exp: str | None = None,
+           measured: dict[str, str] | None = None) -> Results:
     """Each cell's latest FINISHED runs in `experiment` (eval_mm: the latest of each benchmark family), optionally
-    only those of a git commit (a prefix of tag `git_commit`) or of a DVC experiment (tag `dvc_exp`)."""
+    only those of a git commit (a prefix of tag `git_commit`) or of a DVC experiment (tag `dvc_exp`). `measured`:
+    the measurement eval_nlp runs must carry (nlp_stage.expected); the others are left out, and named."""
     import mlflow
 
     from sightbeyond.tracking.runs import tracking_uri
@@ -158,10 +161,16 @@ def latest(experiment: str, *, git_commit: str | None = None, dvc_exp: str | Non
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string=" AND ".join(filters),
                               order_by=["attributes.start_time DESC"], output_format="list")
     cells: dict[Cell, CellRuns] = {}
-    seen = set()
+    seen, left_out = set(), []
     for run in runs:  # newest first: the first run of a cell (and family) is the one kept
         cell = cell_of(run.data.tags)
         if cell is None or (cell, run.data.tags.get("family")) in seen:
+            continue
+        tags = run.data.tags  # a run from before a tag existed is not held to it
+        if measured and cell.stage == "eval_nlp" and (
+                differ := [k for k, v in measured.items() if k in tags and tags[k] != v]):
+            left_out.append(f"`{cell.label}` run {run.info.run_id}: measured otherwise than params.yaml says ("
+                            + ", ".join(f"{k} {tags[k]} not {measured[k]}" for k in differ) + ")")
             continue
         seen.add((cell, run.data.tags.get("family")))
         found = cells.setdefault(cell, CellRuns(cell))
@@ -169,4 +178,4 @@ def latest(experiment: str, *, git_commit: str | None = None, dvc_exp: str | Non
         for name, value in run.data.metrics.items():
             found.metrics.setdefault(name, value)
             found.run_of.setdefault(name, run.info.run_id)
-    return Results(cells)
+    return Results(cells, left_out)

@@ -50,12 +50,23 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def describe(stage: str, params: Params, tags: dict[str, str]) -> str:
+    """The run's description (the UI's "Description"): what the cell is, in words."""
+    what = {"prepare": "data prepared", "stage1": "projector trained", "stage2": "visual instruction tuning",
+            "eval_nlp": "the LLM alone on lm-eval's benchmarks", "eval_mm": "the multimodal model on its benchmarks",
+            "report": "the paper's tables and figures from these runs"}.get(stage, stage)
+    cell = ", ".join(f"{k} {tags[k]}" for k in ("tuning", "modality", "family", "model") if tags.get(k, "none") != "none")
+    return f"{stage}: {what}. Backbone {params.backbone}, preset {params.preset_name}, data {params.data}" + \
+        (f"; {cell}." if cell else ".")
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | None = None,
               inputs: list[Path] = (), param_sections: tuple[str, ...] = (), hparams: BaseModel | None = None,
-              run_id: str | None = None) -> Iterator:
+              run_id: str | None = None, system_metrics: bool = False) -> Iterator:
     """Start the stage's run (a child of `mlflow run`'s run when there is one), or continue `run_id`; failures are
-    marked FAILED. Only the main process of a distributed run logs: the others get None."""
+    marked FAILED. Only the main process of a distributed run logs: the others get None. `system_metrics`: CPU,
+    memory (and GPU, where there is one) sampled while the run lasts, for the training stages."""
     if not is_main_process():
         yield None
         return
@@ -65,6 +76,8 @@ def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | N
 
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_experiment(params.tracking.experiment)
+    # the UI opens an experiment of this kind on its runs, not on the GenAI (traces) view
+    mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
     # `mlflow run` exports its own run's id; left in place, every stage would write into that one run
     parent = os.environ.pop("MLFLOW_RUN_ID", None)
     all_tags = {"stage": stage, "backbone": params.backbone, "data": params.data, "preset": params.preset_name, **(tags or {})}
@@ -73,13 +86,19 @@ def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | N
     if commit := _git("rev-parse", "HEAD"):
         all_tags |= {"mlflow.source.git.commit": commit, "git_commit": commit,
                      "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no")))}
+    if params.ad_hoc:  # not what params.yaml says: the report's pipeline cells leave it out
+        all_tags["ad_hoc"] = "true"
+    all_tags["mlflow.note.content"] = describe(stage, params, all_tags)
     if run_id is not None:  # a resumed run already has its tags, params and inputs
-        with mlflow.start_run(run_id=run_id) as run:
+        with mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics) as run:
             yield run
         return
-    with mlflow.start_run(run_name=name, tags=all_tags, parent_run_id=parent) as run:
+    with mlflow.start_run(run_name=name, tags=all_tags, parent_run_id=parent, log_system_metrics=system_metrics) as run:
         dumped = params.model_dump()
-        logged = {"backbone": params.backbone, **flatten({"backbones": {params.backbone: params.active.model_dump()}})}
+        # what a person compares: the cell, the backbone's entry, the preset's values as the stage uses them
+        logged = {"backbone": params.backbone, "data": params.data,
+                  **{k: all_tags[k] for k in ("tuning", "modality") if k in all_tags},
+                  **flatten({"backbones": {params.backbone: params.active.model_dump()}})}
         for section in param_sections:
             logged |= flatten({section: dumped[section]})
         if hparams is not None:  # the preset's values as this stage uses them, under the stage's name
@@ -94,3 +113,37 @@ def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | N
             dataset = MetaDataset(source, name=str(path), digest=digest[:36] if digest else None)
             mlflow.log_input(dataset, context=stage, tags={"dvc_md5": digest or "untracked"})
         yield run
+
+
+def dvc_md5(path: Path) -> str:
+    """DVC's md5 of a file or directory, as dvc.lock records it, from dvc-data's own hashing."""
+    import tempfile
+
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+
+    fs = LocalFileSystem()
+    with tempfile.TemporaryDirectory() as scratch:
+        _, _, obj = build(HashFileDB(fs, scratch), str(path), fs, "md5", dry_run=True)
+    return obj.hash_info.value
+
+
+def logged_model(params: Params, path: Path, *, name: str, model_type: str, source_run_id: str | None = None) -> str | None:
+    """The MLflow logged model standing for the weights at `path`: an external model (the weights stay in DVC's
+    cache, not copied into MLflow) tagged with its DVC path and md5, created once and found again by that md5, so
+    the Models tab shows which scores belong to which weights. None outside the main process."""
+    if not is_main_process():
+        return None
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.set_experiment(params.tracking.experiment)
+    md5 = dvc_md5(path)
+    found = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list",
+                                        filter_string=f"tags.dvc_md5 = '{md5}' AND tags.dvc_path = '{path}'", max_results=1)
+    if found:
+        return found[0].model_id
+    return mlflow.create_external_model(name=name, source_run_id=source_run_id, model_type=model_type,
+                                        tags={"dvc_path": str(path), "dvc_md5": md5, "backbone": params.backbone},
+                                        experiment_id=experiment.experiment_id).model_id

@@ -12,9 +12,6 @@ from sightbeyond.config import Params, Stage1Hparams, Stage2Hparams
 MODELS = Path("models")
 BEST = "best"  # stage 2's output holds the best step's model here when stage2.best_metric chose one
 SELECTION = "selection.json"  # beside it: how it was chosen (metric, step, value, on which documents)
-# Seeded before the model is built, not only by the Trainer after: the projector's initialisation, LoRA's and the
-# new image-token row of a hub LLM's embeddings are drawn before the Trainer exists.
-SEED = 0
 
 
 def stage1_dir(params: Params) -> Path:
@@ -80,7 +77,7 @@ def sft_config(output_dir: Path, hparams: Stage1Hparams | Stage2Hparams, *, lr: 
         save_steps=save_steps or 500,
         save_total_limit=2,  # the newest may be cut short by a kill; the one before is complete
         report_to="none",  # MLflow logging is ResumableMLflowCallback, which knows what a resumed run already holds
-        seed=SEED,
+        seed=hparams.seed,
         dataloader_num_workers=0,
         disable_tqdm=False,
         **overrides,

@@ -83,7 +83,7 @@ def resumable_run(stage: str, params: Params, *, trainer_dir: Path, fingerprint:
     from sightbeyond.tracking.runs import stage_run
 
     resume = find(trainer_dir, fingerprint)
-    with stage_run(stage, params, run_id=resume.run_id, **stage_run_args) as run:
+    with stage_run(stage, params, run_id=resume.run_id, system_metrics=True, **stage_run_args) as run:
         if run is not None:
             remember(trainer_dir, fingerprint, run.info.run_id)
         yield resume
@@ -92,11 +92,22 @@ def resumable_run(stage: str, params: Params, *, trainer_dir: Path, fingerprint:
 
 
 class ResumableMLflowCallback(MLflowCallback):
-    """transformers' MLflow logging, minus the steps a killed attempt already logged (resuming replays them)."""
+    """transformers' MLflow logging of the training metrics into the stage's run, minus the steps a killed attempt
+    already logged (resuming replays them).
+
+    Its `setup` would log every TrainingArguments field and the whole model config as params (about 200, which bury
+    the few a person compares in the UI); the stage's run already holds those, and the model config goes in once as
+    the artifact `config.json`."""
 
     def __init__(self, logged_through: int = -1):
         super().__init__()
         self.logged_through = logged_through
+
+    def setup(self, args, state, model):
+        self._async_log = False  # each step's metrics are stored before the step is counted as logged
+        if state.is_world_process_zero and self._ml_flow.active_run() is not None and getattr(model, "config", None):
+            self._ml_flow.log_dict(model.config.to_dict(), "config.json")
+        self._initialized = True
 
     def on_log(self, args, state, control, logs, model=None, **kwargs):
         if state.global_step > self.logged_through:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sightbeyond.config import Params
 from sightbeyond.data.prepare import split_dir
 from sightbeyond.io import atomic_dir, is_main_process
-from sightbeyond.training.common import SEED, sft_config, stage1_dir, trainer_dir, world_size
+from sightbeyond.training.common import sft_config, stage1_dir, trainer_dir, world_size
 
 
 def run(params: Params) -> None:
@@ -18,7 +18,9 @@ def run(params: Params) -> None:
 
     hparams, out = params.hparams.stage1, stage1_dir(params)
     hparams.grad_accum(world_size())  # a batch that does not divide fails before the model loads
-    set_seed(SEED)
+    # seeded before the model is built, not only by the Trainer after: the projector's initialisation, LoRA's and
+    # the new token rows of a hub LLM's embeddings are drawn before the Trainer exists
+    set_seed(hparams.seed)
     processor = load_processor(params, template="plain")
     model = build_llava(params, processor.tokenizer)
     model.requires_grad_(False)

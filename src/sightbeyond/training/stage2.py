@@ -5,7 +5,7 @@ from __future__ import annotations
 from sightbeyond.config import ConfigError, Modality, Params, Tuning
 from sightbeyond.data.prepare import split_dir
 from sightbeyond.io import atomic_dir, is_main_process
-from sightbeyond.training.common import (SEED, sft_config, sharded_parameters, stage1_dir, stage2_dir, trainer_dir, variant,
+from sightbeyond.training.common import (sft_config, sharded_parameters, stage1_dir, stage2_dir, trainer_dir, variant,
                                          with_projector_lr, world_size)
 
 LLM_LINEAR = r"layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -29,6 +29,7 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     from trl import SFTTrainer
 
     from sightbeyond.model.llava import build_llava, load_llm, load_processor, load_tokenizer
+    from sightbeyond.tracking.runs import logged_model
     from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
     from sightbeyond.training.stepwise import StepwiseEval
 
@@ -39,7 +40,9 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
         raise ConfigError(f"step-wise evaluation needs every process to hold the whole model; under {sharding} it "
                           "would hang or score garbage. Run it with DDP or ZeRO-2, or without step-wise evaluation "
                           "(-S 'stage2.stepwise_tasks=[]')")
-    set_seed(SEED)
+    # seeded before the model is built, not only by the Trainer after: the projector's initialisation, LoRA's and
+    # the new token rows of a hub LLM's embeddings are drawn before the Trainer exists
+    set_seed(hparams.seed)
     if modality == "image":
         processing = load_processor(params)
         tokenizer = processing.tokenizer
@@ -52,21 +55,23 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     inputs = [split_dir(modality, params.data)] + ([stage1_dir(params)] if modality == "image" else [])
     work = trainer_dir(params, variant(tuning, modality))
 
-    with resumable_run("stage2", params, name=f"stage2-{params.backbone}-{params.data}-{variant(tuning, modality)}",
-                       tags={"tuning": tuning, "modality": modality}, param_sections=("model", "stage2"), hparams=hparams,
-                       inputs=inputs, trainer_dir=work, fingerprint=fingerprint(params, inputs, tuning=tuning, modality=modality)
-                       ) as resume, atomic_dir(out) as tmp:
-        stepwise = StepwiseEval.from_params(params, tokenizer, logged_through=resume.logged_through) \
-            if cfg.stepwise_tasks else None
-        args = sft_config(work, hparams, lr=getattr(hparams.lr, tuning), save_steps=cfg.save_steps)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing,
-                             peft_config=lora_config(params, modality) if tuning == "lora" else None,
-                             callbacks=[c for c in (stepwise, ResumableMLflowCallback(resume.logged_through)) if c])
-        if hparams.mm_projector_lr and modality == "image":
-            with_projector_lr(trainer, hparams.mm_projector_lr)
-        trainer.train(resume_from_checkpoint=resume.checkpoint)
-        trainer.save_model(str(tmp))
-        if stepwise is not None:
-            stepwise.move_best(tmp)  # out of the trainer directory, which goes once the run succeeds
-        if is_main_process():
-            processing.save_pretrained(str(tmp))
+    name = f"{params.backbone_key}-{params.data}-{variant(tuning, modality)}"
+    with resumable_run("stage2", params, name=f"stage2-{name}", tags={"tuning": tuning, "modality": modality},
+                       param_sections=("model", "stage2"), hparams=hparams, inputs=inputs, trainer_dir=work,
+                       fingerprint=fingerprint(params, inputs, tuning=tuning, modality=modality)) as resume:
+        with atomic_dir(out) as tmp:
+            stepwise = StepwiseEval.from_params(params, tokenizer, logged_through=resume.logged_through) \
+                if cfg.stepwise_tasks else None
+            args = sft_config(work, hparams, lr=getattr(hparams.lr, tuning), save_steps=cfg.save_steps)
+            trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing,
+                                 peft_config=lora_config(params, modality) if tuning == "lora" else None,
+                                 callbacks=[c for c in (stepwise, ResumableMLflowCallback(resume.logged_through)) if c])
+            if hparams.mm_projector_lr and modality == "image":
+                with_projector_lr(trainer, hparams.mm_projector_lr)
+            trainer.train(resume_from_checkpoint=resume.checkpoint)
+            trainer.save_model(str(tmp))
+            if stepwise is not None:
+                stepwise.move_best(tmp)  # out of the trainer directory, which goes once the run succeeds
+            if is_main_process():
+                processing.save_pretrained(str(tmp))
+        logged_model(params, out, name=f"stage2-{name}", model_type="stage2")  # the weights, as DVC holds them

@@ -1,0 +1,54 @@
+"""`mlflow run` with the environment managers the README names: `local` (the README's .venv) and `uv` (an environment
+built from python_env.yaml out of the package index; MLflow's default, virtualenv, would fetch Python from python.org).
+One cell of the tiny chain, shrunk so the test stays short, each stage logging a run under the project's run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+SMALL = {"synth": {"stage1_pairs": 64, "conversation": 24, "detail": 8, "complex_reasoning": 8, "pope_images": 4,
+                   "nlp_fixture_rows": 8, "mme_images": 1, "caption_images": 3, "unicorn_images": 4},
+         "tiny_backbone": {"llm_pretrain": {"steps": 10}, "clip_pretrain": {"steps": 10}},
+         "presets": {"tiny": {"stage1": {"max_steps": 1}, "stage2": {"max_steps": 2, "eval_steps": 1}}},
+         "subsets": {"size": 8}}
+
+
+def merge(into: dict, changes: dict) -> None:
+    for key, value in changes.items():
+        merge(into[key], value) if isinstance(value, dict) else into.__setitem__(key, value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("manager", ["local", "uv"])
+def test_mlflow_run_of_one_cell(manager, tmp_path):
+    import mlflow
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    merge(params, SMALL)
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": store,
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "UV_CACHE_DIR": str(Path.home() / ".cache/uv")}
+    env.pop("SIGHTBEYOND_ROOT", None)
+    done = subprocess.run(["mlflow", "run", str(clone), "-P", "backbone=tiny", "-P", "tuning=lora", "-P", "modality=text",
+                           "--env-manager", manager, "--experiment-name", "sight-beyond-text"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+
+    mlflow.set_tracking_uri(store)
+    runs = mlflow.search_runs(experiment_names=["sight-beyond-text"], output_format="list")
+    project = [r for r in runs if "stage" not in r.data.tags]
+    stages = {(r.data.tags["stage"], r.data.tags.get("tuning")): r for r in runs if "stage" in r.data.tags}
+    assert len(project) == 1 and project[0].info.status == "FINISHED"
+    assert {("stage2", "lora"), ("eval_nlp", "none"), ("eval_nlp", "lora")} <= stages.keys()
+    assert all(r.info.status == "FINISHED" for r in stages.values())
+    assert all(r.data.tags.get("mlflow.parentRunId") == project[0].info.run_id for r in stages.values())
