@@ -89,3 +89,30 @@ def test_a_truncated_file_is_an_error(tmp_path):
     path.write_text(json.dumps([record("r-1"), record("r-2")])[:-30])
     with pytest.raises(BadRecord, match=r"record #1 \(after id r-1\)"):
         list(iter_records(path, chunk_chars=16))
+
+
+def test_bytes_that_are_not_utf8_name_their_record_and_can_be_skipped(images):
+    path = images / "instruct.json"
+    good, bad = json.dumps(record("r-good")).encode(), json.dumps(record("r-latin1", gpt="Un cafe.")).encode()
+    path.write_bytes(b"[" + good + b", " + bad.replace(b"cafe", b"caf\xe9") + b", " + good.replace(b"r-good", b"r-good2") + b"]")
+    with pytest.raises(BadRecord, match=r"instruct.json: record #1: not UTF-8 text \(byte 0xe9\)"):
+        list(read_llava_file(path, images, on_bad_record="error", with_image=True))
+    report = Report()
+    rows = list(read_llava_file(path, images, on_bad_record="skip", with_image=True, report=report))
+    assert [r["id"] for r in rows] == ["r-good", "r-good2"] and dict(report.skipped) == {"not UTF-8": 1}
+
+
+def test_text_after_the_closing_bracket_is_an_error(tmp_path):
+    path = tmp_path / "instruct.json"
+    path.write_text(json.dumps([record("r-good")]) + '\n{"id": "stray"}\n')
+    with pytest.raises(BadRecord, match=r"record #1: text after the array's closing '\]'"):
+        list(iter_records(path))
+    path.write_text(json.dumps([record("r-good")]) + "\n\n")  # whitespace after it is fine
+    assert len(list(iter_records(path))) == 1
+
+
+def test_skipping_every_record_says_so_with_the_counts(images):
+    path = images / "instruct.json"
+    path.write_text(json.dumps([record("r-missing", image="nowhere.jpg"), record("r-noanswer", gpt=None)]))
+    with pytest.raises(BadRecord, match=r"no usable record of 2 read; every one skipped: .*'missing image': 1"):
+        list(read_llava_file(path, images, on_bad_record="skip", with_image=True))

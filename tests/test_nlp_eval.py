@@ -312,6 +312,15 @@ def _drop(record: dict, key: str) -> None:
     del record[key]
 
 
+def _bad_byte_in_line(line: int):
+    """A byte that is not UTF-8 (Latin-1's e-acute) into the given line (1-based) of the file."""
+    def rewrite(path: Path) -> None:
+        lines = path.read_bytes().split(b"\n")
+        lines[line - 1] = lines[line - 1].replace(b"e", b"\xe9", 1)
+        path.write_bytes(b"\n".join(lines))
+    return rewrite
+
+
 # (benchmark, file, edit, where, reason)
 MALFORMED = {
     "missing column": ("ethics_deontology", "ethics/deontology/deontology_test.csv",
@@ -347,6 +356,14 @@ MALFORMED = {
                      "data[0].paragraphs[0].qas[", "missing field 'answer_start'"),
     "squad layout": ("squadv2", "squadv2/train-v2.0.json", _rewrite_json(lambda d: d.pop("data")), "top level:",
                      "expected"),
+    "not UTF-8, CSV": ("truthfulqa_mc1", "truthfulqa/TruthfulQA.csv", _bad_byte_in_line(3), "row 3:",
+                       "not UTF-8 text (byte 0xe9)"),
+    "not UTF-8, headerless CSV": ("ethics_cm", "ethics/commonsense/cm_test.csv", _bad_byte_in_line(5), "row 5:",
+                                  "not UTF-8 text"),
+    "not UTF-8, JSON lines": ("gsm8k", "gsm8k/test.jsonl", _bad_byte_in_line(2), "line 2:", "not UTF-8 text"),
+    "not UTF-8, JSON": ("mathqa", "mathqa/test.json", _bad_byte_in_line(1), "line 1:", "not UTF-8 text"),
+    "incorrect answers only ';'": ("truthfulqa_mc1", "truthfulqa/TruthfulQA.csv", _csv_edit(_set(2, 5, " ; "), "utf-8-sig"),
+                                   "row 3:", "'Incorrect Answers' holds no answer"),
     "boolq answer": ("boolq", "boolq/dev.jsonl",
                      _rewrite_lines(lambda lines: lines.__setitem__(0, lines[0].replace('"answer": true', '"answer": "yes"')
                                                                      .replace('"answer": false', '"answer": "no"'))),

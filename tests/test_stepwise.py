@@ -180,11 +180,11 @@ def test_from_params(params_for, tmp_path, model_and_tokenizer):
     params = params_for(**{"eval_nlp.source": "local", "eval_nlp.local_root": str(tmp_path), "eval_nlp.batch_size": 4,
                            "stage2.stepwise_tasks": ["ethics_cm", "truthfulqa_mc1"], "presets.tiny.stage2.stepwise_limit": 2,
                            "stage2.best_metric": "truthfulqa_mc1/acc"})
-    callback = StepwiseEval.from_params(params, model_and_tokenizer[1], logged_through=7)
+    callback = StepwiseEval.from_params(params, model_and_tokenizer[1])
     assert set(callback.tasks["tasks"]) == {"ethics_cm", "truthfulqa_mc1"}
     assert all(len(ids) == 2 for ids in callback.samples.values())
     assert (callback.every, callback.batch_size, callback.logged_through, callback.best_metric) == \
-        (params.hparams.stage2.eval_steps, 4, 7, "truthfulqa_mc1/acc")
+        (params.hparams.stage2.eval_steps, 4, -1, "truthfulqa_mc1/acc")
 
 
 def test_shared_prefix_lm_gives_hflms_samples(model_and_tokenizer, tmp_path):

@@ -10,6 +10,8 @@ from pathlib import Path
 from sightbeyond.config import ConfigError, load_params, project_root
 from sightbeyond.data.llava_format import BadRecord
 from sightbeyond.model.weights import MissingWeightsError
+from sightbeyond.evaluation.local_docs import MalformedFile
+from sightbeyond.io import NotWritable
 
 VARIANTS = ("lora-image", "lora-text", "ft-image", "ft-text")
 
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             from sightbeyond.model.weights import resolve_backbone
 
             resolve_backbone(params)
-        elif args.command in ("stage2", "extract", "eval_nlp", "chain"):
+        elif args.command in ("stage2", "extract", "eval_nlp") or (args.command == "chain" and not params.active.build):
+            # (a chain builds a backbone the pipeline builds: its weights need not exist yet)
             from sightbeyond.model.weights import resolve_llm
 
             resolve_llm(params)
@@ -162,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
                 from sightbeyond.training.preview import run
 
                 run(params, args.split, args.n, as_json=args.json)
-    except (ConfigError, MissingWeightsError, BadRecord, FileNotFoundError) as err:  # the user's to fix: no traceback
+    except (ConfigError, MissingWeightsError, BadRecord, MalformedFile, NotWritable, FileNotFoundError,
+            PermissionError) as err:
+        # the user's to fix: one line, no traceback
         print(f"sightbeyond {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

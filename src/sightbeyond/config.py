@@ -154,11 +154,18 @@ class Batching(Strict):
     global_batch_size: PositiveInt
     per_device_batch_size: PositiveInt
 
-    def grad_accum(self, world_size: int) -> int:
+    @model_validator(mode="after")
+    def _divides(self):  # on one process; grad_accum checks again for the launch's number of processes
+        if self.global_batch_size % self.per_device_batch_size:
+            raise ValueError(f"global_batch_size {self.global_batch_size} is not a multiple of per_device_batch_size "
+                             f"{self.per_device_batch_size}")
+        return self
+
+    def grad_accum(self, world_size: int, where: str = "the preset") -> int:
         per_step = self.per_device_batch_size * world_size
         if self.global_batch_size % per_step:
-            raise ConfigError(f"global_batch_size {self.global_batch_size} is not a multiple of per_device_batch_size "
-                              f"{self.per_device_batch_size} x {world_size} processes")
+            raise ConfigError(f"{where}: global_batch_size {self.global_batch_size} is not a multiple of "
+                              f"per_device_batch_size {self.per_device_batch_size} x {world_size} processes")
         return self.global_batch_size // per_step
 
 
@@ -419,4 +426,7 @@ def load_params(path: Path | None = None, overrides: dict | None = None) -> Para
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{path}: invalid parameters\n{err}") from None
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg'].removeprefix('Value error, ')}"
+                             + ("" if isinstance(e["input"], dict) else f" (got {repr(e['input'])[:80]})")
+                             for e in err.errors())
+        raise ConfigError(f"{path}: invalid parameters: {problems}") from None

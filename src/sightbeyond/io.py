@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,9 +42,38 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 
 def write_json(path: Path, obj) -> None:
-    """Write JSON through a temporary file and an atomic rename."""
+    """Write JSON through a temporary file of this writer's own and an atomic rename: concurrent writers of one file
+    each replace it whole, the last one winning."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".partial", delete=False) as f:
+        f.write(json.dumps(obj, indent=2))
+    try:
+        os.replace(f.name, path)
+    except BaseException:
+        os.unlink(f.name)
+        raise
+
+
+class NotWritable(OSError):
+    pass
+
+
+def check_writable(*folders: Path) -> None:
+    """Create each folder and a file in it, before hours of compute whose outputs would have nowhere to go."""
+    for folder in map(Path, folders):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise NotWritable(f"{folder}: cannot write outputs there ({err.strerror or err})") from None
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")  # the bytes errors="surrogateescape" could not decode
+
+
+def undecodable(text: str, start: int = 0, end: int | None = None) -> str | None:
+    """The reason text read with errors="surrogateescape" is not UTF-8 (its first bad byte), or None."""
+    bad = _UNDECODED.search(text, start, len(text) if end is None else end)
+    return None if bad is None else f"not UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02x})"

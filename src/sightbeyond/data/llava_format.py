@@ -15,6 +15,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from sightbeyond.io import undecodable
+
 IMAGE_TOKEN = "<image>"
 ROLES = {"human": "user", "gpt": "assistant"}
 # LLaVA-Instruct-150K's files, as released
@@ -26,6 +28,16 @@ class BadRecord(ValueError):
     def __init__(self, file: Path, record: str, reason: str):
         super().__init__(f"{file}: record {record}: {reason}")
         self.reason = reason
+
+
+@dataclass
+class Undecodable:
+    """A record whose bytes are not UTF-8: invalid (skippable) like any other bad record."""
+
+    reason: str
+
+    def get(self, key, default=None):
+        return default
 
 
 class Invalid(ValueError):
@@ -57,7 +69,8 @@ def iter_records(path: Path, chunk_chars: int = 1 << 20) -> Iterator[dict]:
     """Records of a JSON array, one at a time, read in chunks: memory stays bounded on a 595k-record file, and a
     syntax error names the record where it happens."""
     decoder = json.JSONDecoder()
-    with path.open(encoding="utf-8") as f:
+    # bytes that are not UTF-8 decode to lone surrogates, found per record below: the error names the record
+    with path.open(encoding="utf-8", errors="surrogateescape") as f:
         buffer, at_eof = f.read(chunk_chars), False
         pos = buffer.find("[")
         if pos < 0 or buffer[:pos].strip():
@@ -72,8 +85,12 @@ def iter_records(path: Path, chunk_chars: int = 1 << 20) -> Iterator[dict]:
                 buffer, pos = f.read(chunk_chars), 0
                 at_eof = not buffer
             if pos < len(buffer) and buffer[pos] == "]":
+                rest = buffer[pos + 1:] + f.read()
+                if rest.strip():
+                    raise BadRecord(path, f"#{index}", f"text after the array's closing ']': {rest.strip()[:40]!r}")
                 return
             try:
+                start = pos
                 record, pos = decoder.raw_decode(buffer, pos)
             except json.JSONDecodeError as err:
                 more = "" if at_eof else f.read(chunk_chars)
@@ -83,6 +100,8 @@ def iter_records(path: Path, chunk_chars: int = 1 << 20) -> Iterator[dict]:
                 at_eof = True
                 after = f" (after id {last_id})" if last_id is not None else ""
                 raise BadRecord(path, f"#{index}{after}", f"unparsable JSON: {err.msg}") from None
+            if reason := undecodable(buffer, start, pos):
+                record = Undecodable(reason)
             yield record
             last_id, index = record.get("id", index) if isinstance(record, dict) else index, index + 1
 
@@ -132,6 +151,8 @@ def read_llava_file(path: Path, image_dir: Path, *, on_bad_record: str, with_ima
         report.read += 1
         record_id = str(record.get("id", f"#{i}")) if isinstance(record, dict) else f"#{i}"
         try:
+            if isinstance(record, Undecodable):
+                raise Invalid("not UTF-8", record.reason)
             if not isinstance(record, dict) or not isinstance(record.get("image"), str):
                 raise Invalid("malformed", "no 'image' field")
             messages = to_messages(record, with_image=with_image, plain=plain)
@@ -147,3 +168,6 @@ def read_llava_file(path: Path, image_dir: Path, *, on_bad_record: str, with_ima
             row["images"] = [str(image)]
         report.kept += 1
         yield row
+    if report.kept == 0:  # else datasets stops with "corresponds to no data", naming neither the file nor why
+        reasons = f"every one skipped: {dict(report.skipped)}" if report.skipped else "the array is empty"
+        raise BadRecord(path, "(all)", f"no usable record of {report.read} read; {reasons}")

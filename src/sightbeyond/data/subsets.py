@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sightbeyond.config import ConfigError, Params
-from sightbeyond.data.llava_format import INSTRUCT_FILES, find_file, iter_records
+from sightbeyond.data.llava_format import INSTRUCT_FILES, BadRecord, Undecodable, find_file, iter_records
 from sightbeyond.io import atomic_dir, write_json
 
 SUBSETS = Path("data/subsets")
@@ -47,6 +47,8 @@ def run(params: Params) -> None:
                 for i, record in enumerate(iter_records(source)):
                     if i != next_index:
                         continue
+                    if isinstance(record, Undecodable):
+                        raise BadRecord(source, f"#{i}", record.reason)
                     f.write((",\n" if written else "\n") + json.dumps(record))
                     written += 1
                     next_index = next(wanted, None)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sightbeyond.io import undecodable
+
 if TYPE_CHECKING:
     import datasets
 
@@ -57,8 +59,8 @@ def _csv(path: Path, columns: tuple[str, ...], *, header: bool, encoding: str = 
 
     Blank lines are skipped, as the hub's loaders (pandas, the csv module) skip them.
     """
-    with path.open(encoding=encoding, newline="") as f:
-        rows = ((n, row) for n, row in enumerate(csv.reader(f), start=1) if row)
+    with path.open(encoding=encoding, errors="surrogateescape", newline="") as f:
+        rows = ((n, _decoded(path, f"row {n}", row)) for n, row in enumerate(csv.reader(f), start=1) if row)
         names = list(columns)
         if header:
             n, names = next(rows, (1, None))
@@ -77,6 +79,13 @@ def _csv(path: Path, columns: tuple[str, ...], *, header: bool, encoding: str = 
             raise MalformedFile(path, "row 1", "no data rows")
 
 
+def _decoded(path: Path, where: str, row: list[str]) -> list[str]:
+    for cell in row:
+        if reason := undecodable(cell):
+            raise MalformedFile(path, where, reason)
+    return row
+
+
 def _label(path: Path, n: int, value: str) -> int:
     if value not in ("0", "1"):
         raise MalformedFile(path, f"row {n}", f"label must be 0 or 1, got {value!r}")
@@ -92,7 +101,7 @@ def _truthfulqa(path: Path) -> Iterator[dict[str, str]]:
         empty = [c for c in _TRUTHFULQA[2:6] if not row[c].strip()]
         if empty:
             raise MalformedFile(path, f"row {n}", f"empty {empty[0]!r}")
-        yield row
+        yield row | {"_row": n}
 
 
 def _sentence(answer: str) -> str:
@@ -113,6 +122,9 @@ def truthfulqa_mc(path: Path, _: str | None) -> list[dict[str, Any]]:
     docs = []
     for row in _truthfulqa(path):
         correct, incorrect = _sentences(row["Correct Answers"]), _sentences(row["Incorrect Answers"])
+        for column, answers in (("Correct Answers", correct), ("Incorrect Answers", incorrect)):
+            if not answers:  # e.g. only ';': a question with one choice, always right
+                raise MalformedFile(path, f"row {row['_row']}", f"{column!r} holds no answer: {row[column]!r}")
         docs.append({
             "question": row["Question"],
             "mc1_targets": {"choices": [_sentence(row["Best Answer"]), *incorrect], "labels": [1] + [0] * len(incorrect)},
@@ -230,11 +242,13 @@ def _mmlu_features() -> dict:
 
 
 def _json_lines(path: Path, fields: dict[str, type]) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8", errors="surrogateescape") as f:
         count = 0
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            if reason := undecodable(line):
+                raise MalformedFile(path, f"line {n}", reason)
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
@@ -292,9 +306,12 @@ def _boolq_features() -> dict:
 
 
 def _json(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    if reason := undecodable(text):
+        bad = next(i for i, c in enumerate(text) if "\udc80" <= c <= "\udcff")
+        raise MalformedFile(path, f"line {text.count(chr(10), 0, bad) + 1}", reason)
     try:
-        with path.open(encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise MalformedFile(path, f"line {err.lineno}", f"not JSON ({err.msg})") from None
 

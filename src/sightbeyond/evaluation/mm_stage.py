@@ -22,7 +22,7 @@ from sightbeyond.evaluation import captions, mme, unicorn
 from sightbeyond.evaluation.corruptions import corrupt
 from sightbeyond.evaluation.pope import parse_answer as pope_parse
 from sightbeyond.evaluation.pope import score_pope
-from sightbeyond.io import atomic_dir, write_json
+from sightbeyond.io import atomic_dir, check_writable, write_json
 from sightbeyond.model.llava import STOP_STRINGS, template_for
 
 
@@ -261,7 +261,8 @@ def run(params: Params, tuning: Tuning) -> None:
     from sightbeyond.training.common import stage2_dir, variant
 
     cfg = params.eval_mm
-    data = load_benchmarks(cfg)
+    data = load_benchmarks(cfg)  # every benchmark file read and checked before the model loads
+    check_writable(params.results_dir("eval_mm"), params.results_dir("eval_mm", "predictions"))
     model, processor = load_tuned(params, tuning, "image")
     template = cfg.template or params.active.template
     if cfg.template is not None:  # asked in another template than the model was tuned in (the authors': v0)

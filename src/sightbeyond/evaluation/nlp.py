@@ -113,18 +113,33 @@ def task_manager(names: Iterable[str], source: Source, data_root: Path | None) -
     return manager
 
 
-def data_files(names: Iterable[str], data_root: Path) -> list[Path]:
-    """The release files the benchmarks `names` read under `data_root` (the local sources)."""
+def _leaf_files(names: Iterable[str], data_root: Path) -> Iterator[tuple[Benchmark, str | None, dict[str, Path]]]:
+    """(benchmark, subtask's hub configuration, its release files per split) for every leaf task of `names`."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
     benches = select(names)
     index = official_task_manager(benches).task_index
-    files = []
     for bench in benches:
         for leaf in leaves(index, bench.task):
             subset = load_yaml(index[leaf].yaml_path, resolve_func=False).get("dataset_name")
-            files += [release_file(bench, Path(data_root) / rel.format(dataset_name=subset)) for rel in bench.files.values()]
-    return sorted(set(files))
+            yield bench, subset, {split: release_file(bench, Path(data_root) / rel.format(dataset_name=subset))
+                                  for split, rel in bench.files.items()}
+
+
+def data_files(names: Iterable[str], data_root: Path) -> list[Path]:
+    """The release files the benchmarks `names` read under `data_root` (the local sources)."""
+    return sorted({path for _, _, files in _leaf_files(names, data_root) for path in files.values()})
+
+
+def check_files(names: Iterable[str], source: Source, data_root: Path | None) -> None:
+    """Read every release file the benchmarks `names` need, as their tasks will: a missing or malformed one fails
+    here, in seconds, instead of after a model has loaded (minutes at 7B)."""
+    from sightbeyond.evaluation.local_docs import read
+
+    if source == "hub":
+        return
+    for bench, subset, files in _leaf_files(names, Path(data_root)):
+        read(bench.reader, files, subset)
 
 
 def data_hash(names: Iterable[str], source: Source, data_root: Path | None) -> str:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from sightbeyond.config import Params
-from sightbeyond.io import atomic_dir, write_json
+from sightbeyond.io import atomic_dir, check_writable, write_json
 from sightbeyond.training.common import SELECTION
 
 FIXTURES = Path("data/shapesworld/nlp")
@@ -62,7 +62,7 @@ def run(params: Params, model: str) -> None:
     import mlflow
     from transformers import AutoTokenizer
 
-    from sightbeyond.evaluation.nlp import evaluate_llm
+    from sightbeyond.evaluation.nlp import check_files, evaluate_llm
     from sightbeyond.model.weights import resolve_llm
     from sightbeyond.tracking.runs import logged_model, stage_run
     from sightbeyond.training.common import extracted_dir
@@ -76,6 +76,9 @@ def run(params: Params, model: str) -> None:
     cfg, data_root = params.eval_nlp, nlp_data_root(params)
     inputs = ([] if model == "base" else [Path(path)]) + ([] if data_root is None else [data_root])
     print(f"eval_nlp {model}: {', '.join(cfg.tasks)} ({cfg.source}{'' if data_root is None else f': {data_root}'})")
+    # what could fail after the model has loaded fails now: the benchmark files, the outputs' folders
+    check_files(cfg.tasks, cfg.source, data_root)
+    check_writable(params.results_dir("eval_nlp"), params.results_dir("eval_nlp", "predictions"))
     tokenizer = AutoTokenizer.from_pretrained(path)
     if (chosen := Path(path) / SELECTION).is_file():  # stage2.best_metric chose this checkpoint
         selection = json.loads(chosen.read_text())

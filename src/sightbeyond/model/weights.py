@@ -20,21 +20,21 @@ class BackboneWeights:
     vision: str
 
 
-def _resolve(name: str, what: str, repo_or_path: str, local_path: str | None, param: str, built: bool = False) -> str:
+def _resolve(name: str, what: str, repo_or_path: str, local_path: str | None, advice: str, built: bool = False) -> str:
     if local_path:
         if (Path(local_path) / "config.json").is_file():
             return local_path
-        raise MissingWeightsError(f"backbone {name!r}: {what} weights not found at {local_path} (params.yaml: {param})")
+        raise MissingWeightsError(f"backbone {name!r}: {what} weights not found at {local_path}; {advice}")
     if not is_hub_id(repo_or_path):
         if (Path(repo_or_path) / "config.json").is_file():
             return repo_or_path
-        hint = f"build it: `sightbeyond -S backbone={name} backbone`, or `dvc exp run -S backbone={name}`" if built else f"set {param}"
+        hint = f"build it: `sightbeyond -S backbone={name} backbone`, or `dvc exp run -S backbone={name}`" if built else advice
         raise MissingWeightsError(f"backbone {name!r}: no {what} weights at {repo_or_path} ({hint})")
-    return _hub(name, what, repo_or_path, param)
+    return _hub(name, what, repo_or_path, advice)
 
 
 @functools.cache
-def _hub(name: str, what: str, repo_id: str, param: str) -> str:
+def _hub(name: str, what: str, repo_id: str, advice: str) -> str:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -56,21 +56,33 @@ def _hub(name: str, what: str, repo_id: str, param: str) -> str:
             problem = f"the hub is unreachable ({err.__class__.__name__})"
     raise MissingWeightsError(
         f"backbone {name!r}: {what} weights {repo_id!r} are not in the local cache and {problem}. "
-        f"Download them elsewhere and set {param} in params.yaml to the local directory "
-        f"(or `dvc exp run -S {param}=/path/to/{repo_id.split('/')[-1]}`)."
+        f"Download them elsewhere and {advice}."
     )
+
+
+def _advice(params: Params, field: str, folder: str) -> str:
+    """How to point at local weights. A backbone given as a hub id or a path has no registry entry to set."""
+    if params.backbone in params.backbones:
+        param = f"backbones.{params.backbone}.{field}"
+        return f"set {param} in params.yaml to the local directory (or `-S {param}=/path/to/{folder}`)"
+    if field == "local_path":
+        return f"give the local directory as the backbone: `-S backbone=/path/to/{folder}`"
+    return (f"add a registry entry that names both: `-S '+backbones.mine.llm={params.backbone}' "
+            f"-S '+backbones.mine.{field}=/path/to/{folder}' -S backbone=mine`")
 
 
 def resolve_llm(params: Params) -> str:
     b, name = params.active, params.backbone
-    return _resolve(name, "LLM", b.llm, b.local_path, f"backbones.{name}.local_path", b.build is not None)
+    return _resolve(name, "LLM", b.llm, b.local_path, _advice(params, "local_path", b.llm.rstrip("/").split("/")[-1]),
+                    b.build is not None)
 
 
 def resolve_backbone(params: Params) -> BackboneWeights:
     b, name = params.active, params.backbone
     return BackboneWeights(
         llm=resolve_llm(params),
-        vision=_resolve(name, "vision encoder", b.vision, b.vision_local_path, f"backbones.{name}.vision_local_path",
+        vision=_resolve(name, "vision encoder", b.vision, b.vision_local_path,
+                        _advice(params, "vision_local_path", b.vision.rstrip("/").split("/")[-1]),
                         b.build is not None),
     )
 

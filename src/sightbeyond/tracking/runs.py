@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel
 
 from sightbeyond.config import Params, project_root
-from sightbeyond.io import is_main_process
+from sightbeyond.io import NotWritable, is_main_process
 
 
 def tracking_uri() -> str:
@@ -60,6 +60,17 @@ def describe(stage: str, params: Params, tags: dict[str, str]) -> str:
         (f"; {cell}." if cell else ".")
 
 
+def check_store(uri: str) -> str:
+    """A SQLite store must be writable, and its folder too (SQLite writes a journal beside it): else SQLAlchemy's
+    traceback, which names neither, comes in the middle of a stage."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if (path.exists() and not os.access(path, os.W_OK)) or not os.access(path.parent, os.W_OK):
+            raise NotWritable(f"{path}: the MLflow store (or its folder) is read-only; make it writable or point "
+                              "MLFLOW_TRACKING_URI at another store")
+    return uri
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | None = None,
               inputs: list[Path] = (), param_sections: tuple[str, ...] = (), hparams: BaseModel | None = None,
@@ -74,8 +85,12 @@ def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | N
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(params.tracking.experiment)
+    uri = check_store(tracking_uri())
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment(params.tracking.experiment)
+    except Exception as err:  # SQLAlchemy's or the server's traceback names neither the store nor the cause plainly
+        raise NotWritable(f"{uri}: the MLflow store cannot be used: {str(err).strip().splitlines()[0][:300]}") from None
     # the UI opens an experiment of this kind on its runs, not on the GenAI (traces) view
     mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
     # `mlflow run` exports its own run's id; left in place, every stage would write into that one run

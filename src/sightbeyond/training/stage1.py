@@ -17,7 +17,7 @@ def run(params: Params) -> None:
     from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
 
     hparams, out = params.hparams.stage1, stage1_dir(params)
-    hparams.grad_accum(world_size())  # a batch that does not divide fails before the model loads
+    hparams.grad_accum(world_size(), f"presets.{params.preset_name}.stage1")  # fails before the model loads
     # seeded before the model is built, not only by the Trainer after: the projector's initialisation, LoRA's and
     # the new token rows of a hub LLM's embeddings are drawn before the Trainer exists
     set_seed(hparams.seed)

@@ -34,22 +34,23 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     from sightbeyond.training.stepwise import StepwiseEval
 
     cfg, hparams, out = params.stage2, params.hparams.stage2, stage2_dir(params, tuning, modality)
-    hparams.grad_accum(world_size())  # a batch that does not divide fails before the model loads
+    hparams.grad_accum(world_size(), f"presets.{params.preset_name}.stage2")  # fails before the model loads
     if cfg.stepwise_tasks and (sharding := sharded_parameters()):
         # the evaluator runs the LLM outside the trainer's forward, where sharded parameters are never gathered
         raise ConfigError(f"step-wise evaluation needs every process to hold the whole model; under {sharding} it "
                           "would hang or score garbage. Run it with DDP or ZeRO-2, or without step-wise evaluation "
                           "(-S 'stage2.stepwise_tasks=[]')")
+    processing = load_processor(params) if modality == "image" else load_tokenizer(params)
+    tokenizer = getattr(processing, "tokenizer", processing)
+    # the step-wise tasks, metric and benchmark files are checked here, before the model loads or a run starts
+    stepwise = StepwiseEval.from_params(params, tokenizer) if cfg.stepwise_tasks else None
     # seeded before the model is built, not only by the Trainer after: the projector's initialisation, LoRA's and
     # the new token rows of a hub LLM's embeddings are drawn before the Trainer exists
     set_seed(hparams.seed)
     if modality == "image":
-        processing = load_processor(params)
-        tokenizer = processing.tokenizer
         model = build_llava(params, tokenizer, projector_dir=stage1_dir(params))
         model.model.vision_tower.requires_grad_(False)
     else:
-        processing = tokenizer = load_tokenizer(params)
         model = load_llm(params, tokenizer)
     dataset = load_from_disk(str(split_dir(modality, params.data)), keep_in_memory=True)  # TRL's map must not write caches into a DVC output
     inputs = [split_dir(modality, params.data)] + ([stage1_dir(params)] if modality == "image" else [])
@@ -60,8 +61,8 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
                        param_sections=("model", "stage2"), hparams=hparams, inputs=inputs, trainer_dir=work,
                        fingerprint=fingerprint(params, inputs, tuning=tuning, modality=modality)) as resume:
         with atomic_dir(out) as tmp:
-            stepwise = StepwiseEval.from_params(params, tokenizer, logged_through=resume.logged_through) \
-                if cfg.stepwise_tasks else None
+            if stepwise is not None:
+                stepwise.logged_through = resume.logged_through  # a resumed run already holds the steps up to here
             args = sft_config(work, hparams, lr=getattr(hparams.lr, tuning), save_steps=cfg.save_steps)
             trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing,
                                  peft_config=lora_config(params, modality) if tuning == "lora" else None,

@@ -30,9 +30,14 @@ class StepwiseEval(TrainerCallback):
     def __init__(self, tokenizer, tasks: list[str], data_root: Path | None, *, every: int, limit: int | None,
                  batch_size: int, logged_through: int = -1, best_metric: str | None = None,
                  add_bos_token: bool | None = None, holdout: float | None = None):
-        from sightbeyond.evaluation.nlp import fixed_subsample, holdout as held_out, load_tasks, metric_names
+        from sightbeyond.evaluation.nlp import check_files, fixed_subsample, holdout as held_out, load_tasks, metric_names
 
-        self.tasks = load_tasks(tasks, "hub" if data_root is None else "local", data_root)
+        known = metric_names(tasks)
+        if best_metric is not None and best_metric not in known:
+            raise ConfigError(f"stage2.best_metric {best_metric!r} is not a step-wise metric of {tasks}: {sorted(known)}")
+        source = "hub" if data_root is None else "local"
+        check_files(tasks, source, data_root)  # a malformed file named plainly, not from inside lm-eval's task build
+        self.tasks = load_tasks(tasks, source, data_root)
         self.held = held_out(tasks, self.tasks, holdout)
         self.holdout = holdout
         self.samples = fixed_subsample(self.tasks, limit, kept_out=self.held)
@@ -40,19 +45,16 @@ class StepwiseEval(TrainerCallback):
             self.samples = {name: sorted(ids + self.held.get(name, [])) for name, ids in self.samples.items()}
         self.tokenizer, self.every, self.batch_size, self.add_bos_token = tokenizer, every, batch_size, add_bos_token
         self.logged_through = logged_through  # a resumed run already holds the steps up to here
-        known = metric_names(tasks)
-        if best_metric is not None and best_metric not in known:
-            raise ConfigError(f"stage2.best_metric {best_metric!r} is not a step-wise metric of {tasks}: {sorted(known)}")
         self.best_metric, self.best_value, self.best_dir = best_metric, None, None
         self.evaluator, self.last_step = None, None
 
     @classmethod
-    def from_params(cls, params: Params, tokenizer, *, logged_through: int = -1) -> StepwiseEval:
+    def from_params(cls, params: Params, tokenizer) -> StepwiseEval:
         from sightbeyond.evaluation.nlp_stage import nlp_data_root
 
         cfg, sizing = params.stage2, params.hparams.stage2
         return cls(tokenizer, cfg.stepwise_tasks, nlp_data_root(params), every=sizing.eval_steps, limit=sizing.stepwise_limit,
-                   batch_size=params.eval_nlp.batch_size, logged_through=logged_through, best_metric=cfg.best_metric,
+                   batch_size=params.eval_nlp.batch_size, best_metric=cfg.best_metric,
                    add_bos_token=params.eval_nlp.add_bos_token, holdout=cfg.selection_holdout)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
