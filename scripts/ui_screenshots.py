@@ -1,10 +1,11 @@
 """Look at the MLflow UI as a person would: serve the project's store on loopback, and let headless Chromium (Debian's
 `chromium`) take screenshots of the experiment page and of the stage-2 runs compared.
 
-    .venv/bin/python scripts/ui_screenshots.py [--out reports/ui] [--store sqlite:///$PWD/mlflow.db]
+    .venv/bin/python scripts/ui_screenshots.py [--out docs/ui] [--store sqlite:///$PWD/mlflow.db]
 
-Writes experiment.png (the runs the experiment page opens on) and compare_stage2.png (the compare view of every
-stage-2 run: their step-wise TruthfulQA-mc1 and ETHICS charts), and prints their paths.
+Writes experiment.png (the runs the experiment page opens on), compare_stage2.png (the compare view of the latest
+stage-2 run of each cell) and stepwise_stage2.png (their step-wise TruthfulQA-mc1 and ETHICS curves), and prints
+their paths.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--store", default=f"sqlite:///{ROOT / 'mlflow.db'}")
     cli.add_argument("--experiment", default="sight-beyond-text")
-    cli.add_argument("--out", type=Path, default=ROOT / "reports/ui")
+    cli.add_argument("--out", type=Path, default=ROOT / "docs/ui")
     args = cli.parse_args()
     import mlflow
 
@@ -49,8 +50,11 @@ def main() -> None:
     experiment = mlflow.get_experiment_by_name(args.experiment)
     if experiment is None:
         sys.exit(f"{args.store}: no experiment {args.experiment!r}; run the pipeline first (dvc repro)")
-    stage2 = mlflow.search_runs([experiment.experiment_id], "tags.stage = 'stage2' AND attributes.status = 'FINISHED'",
-                                output_format="list")
+    latest = {}  # the latest finished run of each stage-2 cell, as the report reads them
+    for run in mlflow.search_runs([experiment.experiment_id], "tags.stage = 'stage2' AND attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time ASC"], output_format="list"):
+        latest[tuple(run.data.tags.get(k) for k in ("backbone", "data", "tuning", "modality"))] = run
+    stage2 = list(latest.values())
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.store, "--host", "127.0.0.1",
                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -70,8 +74,15 @@ def main() -> None:
         shots = {"experiment.png": f"{base}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"}
         if stage2:
             runs = urllib.parse.quote(json.dumps([r.info.run_id for r in stage2]))
-            shots["compare_stage2.png"] = (f"{base}/#/compare-runs?runs={runs}"
-                                           f"&experiments={urllib.parse.quote(json.dumps([experiment.experiment_id]))}")
+            experiments = urllib.parse.quote(json.dumps([experiment.experiment_id]))
+            shots["compare_stage2.png"] = f"{base}/#/compare-runs?runs={runs}&experiments={experiments}"
+            # the step-wise curves of those runs, as the compare page's metric links open them
+            keys = urllib.parse.quote(json.dumps(["truthfulqa_mc1/acc", "ethics/acc"]))
+            metric = urllib.parse.quote(json.dumps("truthfulqa_mc1/acc"))
+            shots["stepwise_stage2.png"] = (f"{base}/#/metric?runs={runs}&metric={metric}&experiments={experiments}"
+                                            f"&plot_metric_keys={keys}&plot_layout={{}}&x_axis=step&y_axis_scale=linear"
+                                            "&line_smoothness=1&show_point=true&deselected_curves=[]"
+                                            "&last_linear_y_axis_range=[]")
         for name, url in shots.items():
             screenshot(url, args.out / name)
             print(args.out / name)
