@@ -92,12 +92,12 @@ def tiny_project(tmp_path, params_for):
     return make
 
 
-def run_cli(root: Path, *args: str, wait: bool = True, launcher: tuple[str, ...] = ()):
-    """`sightbeyond` in a child process of its own, as DVC runs it, with the project's MLflow store."""
+def run_cli(root: Path, *args: str, wait: bool = True, launcher: tuple[str, ...] = (), store: str | None = None):
+    """`sightbeyond` in a child process of its own, as DVC runs it, with the project's MLflow store (or `store`)."""
     import subprocess
     import sys
 
-    env = {**os.environ, "SIGHTBEYOND_ROOT": str(root), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+    env = {**os.environ, "SIGHTBEYOND_ROOT": str(root), "MLFLOW_TRACKING_URI": store or f"sqlite:///{root / 'mlflow.db'}",
            "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [*(launcher or (sys.executable,)), "-m", "sightbeyond", *args]
     proc = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -37,7 +37,10 @@ def test_mlflow_run_of_one_cell(manager, tmp_path):
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": store,
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "UV_CACHE_DIR": str(Path.home() / ".cache/uv")}
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "UV_CACHE_DIR": str(Path.home() / ".cache/uv"),
+           # MLflow reuses an environment by python_env.yaml's hash alone: one built for an earlier (deleted) clone
+           # holds an editable install of that clone
+           "MLFLOW_ENV_ROOT": str(tmp_path / "envs")}
     env.pop("SIGHTBEYOND_ROOT", None)
     done = subprocess.run(["mlflow", "run", str(clone), "-P", "backbone=tiny", "-P", "tuning=lora", "-P", "modality=text",
                            "--env-manager", manager, "--experiment-name", "sight-beyond-text"],

@@ -71,6 +71,40 @@ def check_store(uri: str) -> str:
     return uri
 
 
+def open_store(uri: str) -> str:
+    """Point MLflow at the store. A new SQLite store is created (its schema migrated) by one process at a time:
+    grid cells started together (`dvc queue start -j N`) would otherwise race on the migration, and the losers'
+    runs are lost (measured: benchmarks/tracking_concurrency.py)."""
+    import mlflow
+
+    check_store(uri)
+    if uri.startswith("sqlite:///"):
+        from filelock import FileLock
+
+        with FileLock(f"{uri.removeprefix('sqlite:///')}.lock", timeout=600):
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates the schema
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str) -> str:
+    """The experiment's id, created if need be. Not `mlflow.set_experiment(name)`: when two processes create the
+    experiment at once, the one that loses the race returns without setting it, and its runs go to `Default`
+    (MLflow 3.17; seen with 8 writers on a tracking server)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    if (experiment := client.get_experiment_by_name(name)) is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | None = None,
               inputs: list[Path] = (), param_sections: tuple[str, ...] = (), hparams: BaseModel | None = None,
@@ -85,10 +119,9 @@ def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | N
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    uri = check_store(tracking_uri())
-    mlflow.set_tracking_uri(uri)
+    uri = open_store(tracking_uri())
     try:
-        mlflow.set_experiment(params.tracking.experiment)
+        mlflow.set_experiment(experiment_id=ensure_experiment(params.tracking.experiment))
     except Exception as err:  # SQLAlchemy's or the server's traceback names neither the store nor the cause plainly
         raise NotWritable(f"{uri}: the MLflow store cannot be used: {str(err).strip().splitlines()[0][:300]}") from None
     # the UI opens an experiment of this kind on its runs, not on the GenAI (traces) view

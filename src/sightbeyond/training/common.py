@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def sft_config(output_dir: Path, hparams: Stage1Hparams | Stage2Hparams, *, lr: 
         activation_checkpointing=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # without CUDA, processes launched together join a gloo group
         ddp_find_unused_parameters=False,  # every trainable parameter takes part in every step
-        logging_steps=5,
+        # a checkpoint on a logging step: a resumed run's loss windows are an uninterrupted run's
+        logging_steps=math.gcd(5, save_steps) if save_steps else 5,
         save_strategy="steps" if save_steps else "no",  # checkpoints are what a killed run resumes from
         save_steps=save_steps or 500,
         save_total_limit=2,  # the newest may be cut short by a kill; the one before is complete

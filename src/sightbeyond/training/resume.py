@@ -29,7 +29,12 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 class Resume:
     run_id: str | None  # the MLflow run to continue
     checkpoint: str | None  # the last complete checkpoint
-    logged_through: int  # the run already holds every step up to here: the rerun does not log them again
+    logged: dict[str, int]  # per metric, the last step the run already holds: the rerun does not log it again
+
+    @property
+    def stepwise_logged_through(self) -> int:
+        """The last step of the step-wise evaluation (`<task>/<metric>`, logged in one batch per step)."""
+        return max((step for key, step in self.logged.items() if "/" in key), default=-1)
 
 
 def fingerprint(params: Params, inputs: list[Path], **what) -> str:
@@ -50,12 +55,14 @@ def last_complete_checkpoint(trainer_dir: Path) -> str | None:
     return next((str(p) for _, p in reversed(steps) if (p / "trainer_state.json").is_file()), None)
 
 
-def logged_through(run_id: str) -> int:
+def logged_steps(run_id: str) -> dict[str, int]:
+    """Per training metric, the last step the run holds. Per metric, because a kill can fall between two metrics
+    of one step (the step-wise evaluation logs before the trainer does); system metrics count samples, not steps."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    keys = client.get_run(run_id).data.metrics
-    return max((m.step for key in keys for m in client.get_metric_history(run_id, key)), default=-1)
+    keys = [k for k in client.get_run(run_id).data.metrics if not k.startswith("system/")]
+    return {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in keys}
 
 
 def find(trainer_dir: Path, fp: str) -> Resume:
@@ -63,10 +70,10 @@ def find(trainer_dir: Path, fp: str) -> Resume:
     if saved.is_file():
         state = json.loads(saved.read_text())
         if state.get("fingerprint") == fp:
-            return Resume(state["run_id"], last_complete_checkpoint(trainer_dir), logged_through(state["run_id"]))
+            return Resume(state["run_id"], last_complete_checkpoint(trainer_dir), logged_steps(state["run_id"]))
     if trainer_dir.exists() and is_main_process():
         shutil.rmtree(trainer_dir)  # another configuration's checkpoints
-    return Resume(None, None, -1)
+    return Resume(None, None, {})
 
 
 def remember(trainer_dir: Path, fp: str, run_id: str) -> None:
@@ -92,16 +99,18 @@ def resumable_run(stage: str, params: Params, *, trainer_dir: Path, fingerprint:
 
 
 class ResumableMLflowCallback(MLflowCallback):
-    """transformers' MLflow logging of the training metrics into the stage's run, minus the steps a killed attempt
-    already logged (resuming replays them).
+    """transformers' MLflow logging of the training metrics into the stage's run, made exact across a kill: a
+    resumed run logs no (metric, step) the killed attempt already logged, and its `num_tokens` and `train_loss` are
+    an uninterrupted run's (TRL's token count and the Trainer's loss total restart from zero on resume).
 
     Its `setup` would log every TrainingArguments field and the whole model config as params (about 200, which bury
     the few a person compares in the UI); the stage's run already holds those, and the model config goes in once as
     the artifact `config.json`."""
 
-    def __init__(self, logged_through: int = -1):
+    def __init__(self, logged: dict[str, int] | None = None):
         super().__init__()
-        self.logged_through = logged_through
+        self.logged = logged or {}
+        self.start_step, self.loss_before, self.tokens_before = 0, 0.0, 0
 
     def setup(self, args, state, model):
         self._async_log = False  # each step's metrics are stored before the step is counted as logged
@@ -109,6 +118,22 @@ class ResumableMLflowCallback(MLflowCallback):
             self._ml_flow.log_dict(model.config.to_dict(), "config.json")
         self._initialized = True
 
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        super().on_train_begin(args, state, control, model=model, **kwargs)
+        # a resumed state holds the killed attempt's logs up to its checkpoint (on a logging step: sft_config)
+        self.start_step, previous = state.global_step, 0
+        for entry in (e for e in state.log_history if "loss" in e and e["step"] <= state.global_step):
+            self.loss_before += entry["loss"] * (entry["step"] - previous)
+            previous = entry["step"]
+            self.tokens_before = entry.get("num_tokens", self.tokens_before)
+
     def on_log(self, args, state, control, logs, model=None, **kwargs):
-        if state.global_step > self.logged_through:
-            super().on_log(args, state, control, logs, model=model, **kwargs)
+        if self.start_step:
+            if "num_tokens" in logs:
+                logs["num_tokens"] += self.tokens_before
+            if "train_loss" in logs:
+                logs["train_loss"] = (logs["train_loss"] * (state.global_step - self.start_step) + self.loss_before) \
+                    / max(state.global_step, 1)
+        new = {key: value for key, value in logs.items() if state.global_step > self.logged.get(key, -1)}
+        if new:
+            super().on_log(args, state, control, new, model=model, **kwargs)

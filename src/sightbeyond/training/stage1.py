@@ -33,7 +33,7 @@ def run(params: Params) -> None:
                        inputs=inputs, trainer_dir=work, fingerprint=fingerprint(params, inputs)) as resume, atomic_dir(out) as tmp:
         args = sft_config(work, hparams, lr=hparams.lr, save_steps=params.stage1.save_steps)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
-                             callbacks=[ResumableMLflowCallback(resume.logged_through)])
+                             callbacks=[ResumableMLflowCallback(resume.logged)])
         trainer.train(resume_from_checkpoint=resume.checkpoint)
         if is_main_process():
             save_projector(model, tmp, processor.tokenizer)

@@ -62,11 +62,11 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
                        fingerprint=fingerprint(params, inputs, tuning=tuning, modality=modality)) as resume:
         with atomic_dir(out) as tmp:
             if stepwise is not None:
-                stepwise.logged_through = resume.logged_through  # a resumed run already holds the steps up to here
+                stepwise.logged_through = resume.stepwise_logged_through  # the run already holds them
             args = sft_config(work, hparams, lr=getattr(hparams.lr, tuning), save_steps=cfg.save_steps)
             trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing,
                                  peft_config=lora_config(params, modality) if tuning == "lora" else None,
-                                 callbacks=[c for c in (stepwise, ResumableMLflowCallback(resume.logged_through)) if c])
+                                 callbacks=[c for c in (stepwise, ResumableMLflowCallback(resume.logged)) if c])
             if hparams.mm_projector_lr and modality == "image":
                 with_projector_lr(trainer, hparams.mm_projector_lr)
             trainer.train(resume_from_checkpoint=resume.checkpoint)
