@@ -105,3 +105,29 @@ def run_cli(root: Path, *args: str, wait: bool = True, launcher: tuple[str, ...]
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out[-3000:]
     return proc
+
+
+# A clone's params shrunk for end-to-end tests of the pipeline's plumbing: fewer records, a backbone pretrained for a
+# few steps, one or two training steps
+SMALL = {"synth": {"stage1_pairs": 64, "conversation": 24, "detail": 8, "complex_reasoning": 8, "pope_images": 4,
+                   "nlp_fixture_rows": 8, "mme_images": 1, "caption_images": 3, "unicorn_images": 4},
+         "tiny_backbone": {"llm_pretrain": {"steps": 10}, "clip_pretrain": {"steps": 10}},
+         "presets": {"tiny": {"stage1": {"max_steps": 1}, "stage2": {"max_steps": 2, "eval_steps": 1}}},
+         "subsets": {"size": 8}}
+
+
+def shrink(clone: Path, commit: bool = False) -> None:
+    """Write SMALL into the clone's params.yaml (and commit it, for tests that push the clone)."""
+    import subprocess
+
+    import yaml
+
+    def merge(into: dict, changes: dict) -> None:
+        for key, value in changes.items():
+            merge(into[key], value) if isinstance(value, dict) else into.__setitem__(key, value)
+
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    merge(params, SMALL)
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if commit:
+        subprocess.run(["git", "commit", "-qam", "shrunk for the test"], cwd=clone, check=True)

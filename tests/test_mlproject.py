@@ -9,20 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ROOT
-
-SMALL = {"synth": {"stage1_pairs": 64, "conversation": 24, "detail": 8, "complex_reasoning": 8, "pope_images": 4,
-                   "nlp_fixture_rows": 8, "mme_images": 1, "caption_images": 3, "unicorn_images": 4},
-         "tiny_backbone": {"llm_pretrain": {"steps": 10}, "clip_pretrain": {"steps": 10}},
-         "presets": {"tiny": {"stage1": {"max_steps": 1}, "stage2": {"max_steps": 2, "eval_steps": 1}}},
-         "subsets": {"size": 8}}
-
-
-def merge(into: dict, changes: dict) -> None:
-    for key, value in changes.items():
-        merge(into[key], value) if isinstance(value, dict) else into.__setitem__(key, value)
+from conftest import ROOT, shrink
 
 
 @pytest.mark.slow
@@ -32,9 +20,7 @@ def test_mlflow_run_of_one_cell(manager, tmp_path):
 
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    params = yaml.safe_load((clone / "params.yaml").read_text())
-    merge(params, SMALL)
-    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shrink(clone)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": store,
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "UV_CACHE_DIR": str(Path.home() / ".cache/uv"),

@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, shrink
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from tracking_concurrency import TrackingServer  # noqa: E402
@@ -33,12 +33,13 @@ def test_two_machines_share_outputs_runs_and_experiments(tmp_path):
         origin = tmp_path / "origin.git"
         sh(tmp_path, "git", "clone", "-q", "--bare", str(ROOT), str(origin))
         remote = tmp_path / "dvc-remote"
-        machines = {}
-        for name in ("a", "b"):
-            machines[name] = tmp_path / name
-            sh(tmp_path, "git", "clone", "-q", str(origin), str(machines[name]))
-            sh(machines[name], "dvc", "remote", "add", "--local", "-d", "shared", str(remote))
-        a, b = machines["a"], machines["b"]
+        a, b = tmp_path / "a", tmp_path / "b"
+        sh(tmp_path, "git", "clone", "-q", str(origin), str(a))
+        shrink(a, commit=True)  # the team's params: small, so the test is short
+        sh(a, "git", "push", "-q", "origin", "HEAD")
+        sh(tmp_path, "git", "clone", "-q", str(origin), str(b))
+        for machine in (a, b):
+            sh(machine, "dvc", "remote", "add", "--local", "-d", "shared", str(remote))
 
         sh(a, "dvc", "repro", "eval_nlp_base")  # data, the tiny backbone, and the base LLM's evaluation
         sh(a, "git", "commit", "-qam", "A's lock", "--allow-empty")

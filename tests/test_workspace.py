@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, shrink
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -21,6 +21,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 def test_a_failed_run_on_another_backbone_leaves_the_defaults_outputs(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    shrink(clone, commit=True)
     env = {**os.environ, "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("SIGHTBEYOND_ROOT", None)

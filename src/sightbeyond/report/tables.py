@@ -186,7 +186,7 @@ def _entry(row: Row, cell: Cell, metric: str, column: Column, results: Results, 
             entry.delta = k * (value - base_value)
             comparison = results.compare(base, cell, metric, boot)
             entry.comparison = comparison and comparison.scaled(k)
-    elif column.against is not None:  # a change within the model, in percent of another of its metrics (Table 5)
+    elif column.against not in (None, "base"):  # a change within the model, in percent of another metric (Table 5)
         entry.against, entry.delta_unit = f"{cell.label} {column.against}", "%"
         reference = results.value(cell, column.against)
         if value is not None and reference:  # a reference of 0 has no relative change
