@@ -135,15 +135,22 @@ def stepwise(results: Results, path: Path) -> dict[str, list[dict]]:
     if not curves:
         _no_runs(fig, path, "stage 2 with step-wise evaluation")
         return {}
-    for ax, metric in zip(fig.subplots(1, len(STEPWISE)), STEPWISE):
-        for label, history in curves.items():
-            if history[metric]:
-                steps, values = zip(*history[metric])
-                ax.plot(steps, [scale(metric) * v for v in values], marker="o", markersize=3, label=label)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(LABELS[metric])
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    # one row per backbone: backbones are evaluated on their own document sets (fixtures, samples, the releases),
+    # so their curves share no axis
+    backbones = sorted({c.backbone for c in runs if c.label in curves})
+    fig.set_size_inches(12, 4.8 * len(backbones))
+    axes = fig.subplots(len(backbones), len(STEPWISE), squeeze=False)
+    for row, backbone in zip(axes, backbones):
+        for ax, metric in zip(row, STEPWISE):
+            for cell in (c for c in runs if c.backbone == backbone and c.label in curves):
+                if history := curves[cell.label][metric]:
+                    steps, values = zip(*history)
+                    ax.plot(steps, [scale(metric) * v for v in values], marker="o", markersize=3, label=cell.label)
+            ax.set_title(backbone, fontsize=10)
+            ax.set_xlabel("training step")
+            ax.set_ylabel(LABELS[metric])
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     _save(fig, path)
     table = {}
     for label, history in curves.items():
