@@ -88,3 +88,35 @@ def test_a_killed_run_resumes_into_the_same_run_and_ends_as_an_uninterrupted_one
     for name in reference:
         torch.testing.assert_close(final[name], reference[name], atol=1e-5, rtol=1e-4)
     assert not work.exists()  # checkpoints go once the result is saved
+
+
+@pytest.mark.slow
+def test_an_evaluation_killed_midway_leaves_nothing_complete_and_its_rerun_ends_the_dead_run(tiny_project):
+    import sqlite3
+
+    root = tiny_project("eval")
+    proc = run_cli(root, "eval_nlp", "--model", "base", wait=False)
+    deadline = time.monotonic() + 300
+    while True:  # until its run exists: the evaluation is under way
+        assert proc.poll() is None and time.monotonic() < deadline, "the evaluation ended before it could be killed"
+        try:
+            with sqlite3.connect(root / "mlflow.db", timeout=1) as db:
+                if db.execute("select 1 from runs where name = 'eval_nlp-tiny-base'").fetchone():
+                    break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # nothing DVC would take as complete
+    assert not (root / "results/eval_nlp/tiny-base.json").exists()
+    assert not (root / "predictions/eval_nlp/tiny-base").exists()
+
+    run_cli(root, "eval_nlp", "--model", "base")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    [experiment] = [e for e in client.search_experiments() if e.name != "Default"]
+    statuses = sorted(r.info.status for r in client.search_runs([experiment.experiment_id]))
+    assert statuses == ["FINISHED", "KILLED"]
+    assert (root / "results/eval_nlp/tiny-base.json").is_file() and (root / "predictions/eval_nlp/tiny-base").is_dir()

@@ -3,6 +3,7 @@ params are the few a person compares (the model config is an artifact), training
 
 from __future__ import annotations
 
+import os
 import time
 from types import SimpleNamespace
 
@@ -57,3 +58,30 @@ def test_weights_are_logged_models_with_their_dvc_md5_and_scores_link_to_them(pa
     assert {m.key: m.value for m in mlflow.get_logged_model(first).metrics} == {"ethics/acc": 0.5}
     (weights / "model.safetensors").write_bytes(b"other weights")
     assert logged_model(params, weights, name="llm-x", model_type="llm") != first  # other weights, another model
+
+
+def test_a_run_left_running_by_a_dead_process_is_marked_killed(params_for, mlflow_store):
+    import socket
+    import subprocess
+
+    import mlflow
+
+    from sightbeyond.tracking.runs import ensure_experiment, stage_run
+
+    params = params_for()
+    mlflow.set_tracking_uri(f"sqlite:///{mlflow_store}")
+    client = mlflow.MlflowClient()
+    experiment = ensure_experiment(params.tracking.experiment)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    left = {pid: client.create_run(experiment, run_name="eval_nlp-tiny-base", tags={"host": host, "pid": str(pid)})
+            for pid in (dead.pid, os.getpid())}
+    elsewhere = client.create_run(experiment, run_name="eval_nlp-tiny-base", tags={"host": "another-machine", "pid": "1"})
+    with stage_run("eval_nlp", params, name="eval_nlp-tiny-base"):
+        pass
+    status = {run_id: client.get_run(run_id).info.status
+              for run_id in [r.info.run_id for r in left.values()] + [elsewhere.info.run_id]}
+    assert status[left[dead.pid].info.run_id] == "KILLED"
+    assert status[left[os.getpid()].info.run_id] == "RUNNING"  # a live process's run is its own to end
+    assert status[elsewhere.info.run_id] == "RUNNING"         # another machine's: this one cannot tell

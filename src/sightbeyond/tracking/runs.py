@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import warnings
 from collections.abc import Iterator
@@ -87,6 +88,31 @@ def open_store(uri: str) -> str:
     return uri
 
 
+def end_dead_runs(experiment_id: str, name: str, keep: str | None = None) -> None:
+    """Mark KILLED the runs of this cell left RUNNING by a process of this machine that no longer exists (a killed
+    stage cannot end its own run); a resumed run (`keep`) and runs of live processes or other machines stay."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for run in client.search_runs([experiment_id], f"attributes.run_name = '{name}' AND "
+                                  "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if run.info.run_id == keep or tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
+            continue
+        if not _alive(int(tags["pid"])):
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def ensure_experiment(name: str) -> str:
     """The experiment's id, created if need be. Not `mlflow.set_experiment(name)`: when two processes create the
     experiment at once, the one that loses the race returns without setting it, and its runs go to `Default`
@@ -121,7 +147,7 @@ def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | N
 
     uri = open_store(tracking_uri())
     try:
-        mlflow.set_experiment(experiment_id=ensure_experiment(params.tracking.experiment))
+        mlflow.set_experiment(experiment_id=(experiment_id := ensure_experiment(params.tracking.experiment)))
     except Exception as err:  # SQLAlchemy's or the server's traceback names neither the store nor the cause plainly
         raise NotWritable(f"{uri}: the MLflow store cannot be used: {str(err).strip().splitlines()[0][:300]}") from None
     # the UI opens an experiment of this kind on its runs, not on the GenAI (traces) view
@@ -137,6 +163,8 @@ def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | N
     if params.ad_hoc:  # not what params.yaml says: the report's pipeline cells leave it out
         all_tags["ad_hoc"] = "true"
     all_tags["mlflow.note.content"] = describe(stage, params, all_tags)
+    all_tags |= {"host": socket.gethostname(), "pid": str(os.getpid())}
+    end_dead_runs(experiment_id, name, keep=run_id)
     if run_id is not None:  # a resumed run already has its tags, params and inputs
         with mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics) as run:
             yield run
