@@ -391,7 +391,7 @@ def test_missing_file_names_benchmark_and_file(tmp_path):
 
 
 def test_samples_named_like_the_release_are_read(tmp_path):
-    """The real samples in ../shared/data are `<release name>.sample.csv`; the release's own file wins if both exist."""
+    """Sample files of a release are named `<release name>.sample.csv`; the release's own file wins if both exist."""
     paths = write_nlp_fixtures(tmp_path, **SMALL)
     release = paths["truthfulqa/TruthfulQA.csv"]
     sample = release.with_name("TruthfulQA.sample.csv")

@@ -75,5 +75,10 @@ _UNDECODED = re.compile("[\udc80-\udcff]")  # the bytes errors="surrogateescape"
 
 def undecodable(text: str, start: int = 0, end: int | None = None) -> str | None:
     """The reason text read with errors="surrogateescape" is not UTF-8 (its first bad byte), or None."""
+    bad = first_undecodable(text, start, end)
+    return None if bad is None else f"not UTF-8 text (byte 0x{ord(text[bad]) - 0xDC00:02x})"
+
+
+def first_undecodable(text: str, start: int = 0, end: int | None = None) -> int | None:
     bad = _UNDECODED.search(text, start, len(text) if end is None else end)
-    return None if bad is None else f"not UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02x})"
+    return None if bad is None else bad.start()

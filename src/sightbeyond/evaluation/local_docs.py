@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sightbeyond.io import undecodable
+from sightbeyond.io import first_undecodable, undecodable
 
 if TYPE_CHECKING:
     import datasets
@@ -307,9 +307,8 @@ def _boolq_features() -> dict:
 
 def _json(path: Path) -> Any:
     text = path.read_text(encoding="utf-8", errors="surrogateescape")
-    if reason := undecodable(text):
-        bad = next(i for i, c in enumerate(text) if "\udc80" <= c <= "\udcff")
-        raise MalformedFile(path, f"line {text.count(chr(10), 0, bad) + 1}", reason)
+    if (bad := first_undecodable(text)) is not None:
+        raise MalformedFile(path, f"line {text.count(chr(10), 0, bad) + 1}", undecodable(text))
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:

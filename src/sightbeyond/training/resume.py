@@ -19,7 +19,7 @@ from pathlib import Path
 from transformers.integrations import MLflowCallback
 
 from sightbeyond.config import Params
-from sightbeyond.io import is_main_process
+from sightbeyond.io import is_main_process, write_json
 
 RUN_FILE = "run.json"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -77,10 +77,7 @@ def find(trainer_dir: Path, fp: str) -> Resume:
 
 
 def remember(trainer_dir: Path, fp: str, run_id: str) -> None:
-    trainer_dir.mkdir(parents=True, exist_ok=True)
-    tmp = trainer_dir / f".{RUN_FILE}.partial"
-    tmp.write_text(json.dumps({"fingerprint": fp, "run_id": run_id}))
-    tmp.replace(trainer_dir / RUN_FILE)
+    write_json(trainer_dir / RUN_FILE, {"fingerprint": fp, "run_id": run_id})
 
 
 @contextlib.contextmanager
