@@ -36,9 +36,6 @@ class Undecodable:
 
     reason: str
 
-    def get(self, key, default=None):
-        return default
-
 
 class Invalid(ValueError):
     """What is wrong with one record; `kind` is how skipped records are counted."""
