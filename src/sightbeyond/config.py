@@ -378,7 +378,7 @@ class Params(Strict):
         steps = math.ceil(INSTRUCT_80K * s2.epochs / s2.global_batch_size)
         wrapped = f", wrapped in {IMAGE_START_END}" if self.image_start_end else ""
         decoding = (f"do_sample top_k {mm.top_k} temperature {mm.temperature} num_beams {mm.num_beams} seed {mm.seed}"
-                    if mm.do_sample else f"greedy, num_beams {mm.num_beams}")
+                    if mm.do_sample else f"greedy, num_beams {mm.num_beams} (the authors sampled: -S eval_mm.do_sample=true)")
         return "\n".join([
             f"backbone {self.backbone}: {self.active.llm}, vision {self.active.vision}, preset {self.preset_name}",
             f"stage 1: global batch {s1.global_batch_size}, lr {s1.lr:g}, {s1.epochs:g} epoch(s), max length {s1.max_length}",
@@ -390,7 +390,7 @@ class Params(Strict):
             f"image tokens: {image_tokens if image_tokens is not None else 'unknown'} per image{wrapped}; projector "
             f"{self.model.projector}, vision layer {self.model.vision_feature_layer}",
             f"evaluation dtype {nlp.dtype}, add_bos_token {nlp.add_bos_token if nlp.add_bos_token is not None else 'the tokenizer default'}",
-            f"decoding: {decoding}; template {mm.template or 'the model' + chr(39) + 's own'}; captions: at most "
+            f"decoding: {decoding}; template {mm.template or 'the model' + chr(39) + 's own (the authors: v0)'}; captions: at most "
             f"{mm.caption_max_new_tokens} new tokens, other answers {mm.max_new_tokens}",
         ])
 
