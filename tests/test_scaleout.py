@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from conftest import ROOT, run_cli
 
@@ -61,3 +62,59 @@ def test_sharded_parameters_and_stepwise_evaluation_are_refused_before_the_model
     assert main(list(STAGE2)) == 2
     assert "step-wise evaluation needs every process to hold the whole model" in capsys.readouterr().err
     assert not (root / "models").exists() and not (root / "mlflow.db").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+@pytest.mark.parametrize("launch", [{"ACCELERATE_USE_FSDP": "true"},
+                                    {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}])
+def test_fsdp_and_deepspeed_without_cuda_are_refused_not_run_as_replicas(launch, monkeypatch, capsys, tiny_project):
+    """Without CUDA accelerate runs every launch as DDP over gloo and drops the FSDP and DeepSpeed settings: such a
+    run would train full replicas while its config says sharded (measured: the Trainer's model was DDP-wrapped)."""
+    from sightbeyond.cli import main
+
+    root = tiny_project(**{"stage2.stepwise_tasks": []})
+    monkeypatch.setenv("SIGHTBEYOND_ROOT", str(root))
+    for key, value in launch.items():
+        monkeypatch.setenv(key, value)
+    assert main(["stage2", "--tuning", "ft", "--modality", "text"]) == 2
+    assert "needs CUDA" in capsys.readouterr().err
+    assert not (root / "models").exists() and not (root / "mlflow.db").exists()
+
+
+GPUS = torch.cuda.device_count()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(GPUS == 0, reason="accelerate runs FSDP and DeepSpeed on CUDA devices only; scripts/gpu_checks.sh")
+@pytest.mark.parametrize("config", ["fsdp.yaml", "zero2.yaml"])
+def test_sharded_training_gives_the_loss_curve_and_weights_of_one_process(config, tiny_project, tiny_backbone):
+    """Full fine-tuning under FSDP2 or ZeRO-2 on every GPU there is (two at most): the losses of one process at the
+    same global batch, and the saved model is the gathered one, an ordinary checkpoint with one process's weights."""
+    if config == "zero2.yaml":
+        pytest.importorskip("deepspeed")
+    processes = min(GPUS, 2)
+    settings = {**SETTINGS, "stage2.stepwise_tasks": [], "presets.tiny.stage2.per_device_batch_size": 8 // processes}
+    one, many = tiny_project("one", rows=160, **settings), tiny_project("many", rows=160, **settings)
+    stage2 = ("stage2", "--tuning", "ft", "--modality", "text")
+    run_cli(one, *stage2)
+    run_cli(many, *stage2, launcher=(str(ROOT / ".venv/bin/accelerate"), "launch", "--config_file",
+                                     str(ROOT / "configs/accelerate" / config), "--num_processes", str(processes),
+                                     "--mixed_precision", "no", "--main_process_port", "29519"))
+    curves, launches = {}, {}
+    for root in (one, many):
+        client, [run] = runs(root)
+        curves[root.name] = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss"))
+        launches[root.name] = (run.data.tags["world_size"], run.data.tags["accelerate_plugin"])
+    assert launches["many"] == (str(processes), "FSDP" if config == "fsdp.yaml" else "DeepSpeed ZeRO-2")
+    assert [s for s, _ in curves["many"]] == [s for s, _ in curves["one"]] == [5, 10, 15, 20]
+    assert [v for _, v in curves["many"]] == pytest.approx([v for _, v in curves["one"]], rel=2e-2)  # bf16 autocast
+
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_backbone / "llm").state_dict()
+    weights = {root.name: AutoModelForCausalLM.from_pretrained(root / "models/tiny/stage2/full/ft-text").state_dict()
+               for root in (one, many)}
+    assert weights["many"].keys() == weights["one"].keys()
+    for name, tensor in weights["one"].items():  # whole tensors, not one process's shard, trained as one process does
+        torch.testing.assert_close(weights["many"][name], tensor, rtol=2e-2, atol=2e-3, msg=name)
+    assert any(not torch.equal(tensor, initial) for tensor, initial in zip(weights["one"].values(), base.values()))

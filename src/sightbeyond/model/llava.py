@@ -164,14 +164,18 @@ def train_image_token_rows(model: SightLlava, tokenizer) -> None:
     weight.register_hook(lambda grad: grad * trained.to(grad.device))
 
 
-def save_projector(model: SightLlava, out: Path, tokenizer) -> None:
+def save_projector(model: SightLlava, state: dict[str, torch.Tensor], out: Path, tokenizer) -> None:
+    """The projector and the image tokens' embedding rows, read from `state`, the model's whole state dict: under
+    FSDP or ZeRO-3 the model's own parameters are shards, and the trainer's accelerator gathers them into `state`."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
-    save_file(state, str(out / PROJECTOR_FILE))
+    projector = "model.multi_modal_projector."
+    save_file({k[len(projector):]: v.detach().contiguous() for k, v in state.items() if k.startswith(projector)},
+              str(out / PROJECTOR_FILE))
     rows = image_token_ids(model, tokenizer)
     if rows:
-        weight = model.get_input_embeddings().weight.detach()
+        embeddings = next(n for n, p in model.named_parameters() if p is model.get_input_embeddings().weight)
+        weight = state[embeddings].detach()
         save_file({token: weight[i].contiguous() for token, i in zip((IMAGE_START, IMAGE_END), rows)},
                   str(out / IMAGE_ROWS_FILE))
     (out / "projector.json").write_text(json.dumps({"projector_type": model.config.projector_type,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from sightbeyond.config import Params, Stage1Hparams, Stage2Hparams
+from sightbeyond.config import ConfigError, Params, Stage1Hparams, Stage2Hparams
 
 MODELS = Path("models")
 BEST = "best"  # stage 2's output holds the best step's model here when stage2.best_metric chose one
@@ -36,15 +36,31 @@ def extracted_dir(params: Params, tuning: str, modality: str) -> Path:
     return MODELS / params.backbone_key / "llm" / params.data / variant(tuning, modality)
 
 
-def sharded_parameters() -> str | None:
-    """The parameter sharding of this launch, which `accelerate launch` announces to its processes."""
+def accelerate_plugin() -> str | None:
+    """The FSDP or DeepSpeed plugin of this launch, which `accelerate launch` announces to its processes."""
     from accelerate.utils import parse_flag_from_env
 
     if parse_flag_from_env("ACCELERATE_USE_FSDP"):
         return "FSDP"
-    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
-        return "DeepSpeed ZeRO-3"
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        return f"DeepSpeed ZeRO-{os.environ.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '?')}"
     return None
+
+
+def check_launch(hparams: Stage1Hparams | Stage2Hparams, where: str, *, stepwise: bool = False) -> None:
+    """Refuses, before the model loads, a launch that would not train as its accelerate config says."""
+    hparams.grad_accum(world_size(), where)
+    plugin = accelerate_plugin()
+    if stepwise and plugin in ("FSDP", "DeepSpeed ZeRO-3"):
+        # the evaluator runs the LLM outside the trainer's forward, where sharded parameters are never gathered
+        raise ConfigError(f"step-wise evaluation needs every process to hold the whole model; under {plugin} it "
+                          "would hang or score garbage. Run it with DDP or ZeRO-2, or without step-wise evaluation "
+                          "(-S 'stage2.stepwise_tasks=[]')")
+    if plugin and not torch.cuda.is_available():
+        # accelerate's AcceleratorState makes CPU processes MULTI_CPU and drops both plugins
+        raise ConfigError(f"{plugin} needs CUDA: without it accelerate runs the processes as DDP over gloo and "
+                          f"ignores the {plugin} settings, so the model would be replicated, not sharded. Launch "
+                          "with configs/accelerate/cpu_ddp.yaml on CPUs")
 
 
 def world_size() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sightbeyond.config import Params
 from sightbeyond.data.prepare import split_dir
 from sightbeyond.io import atomic_dir, is_main_process
-from sightbeyond.training.common import sft_config, stage1_dir, trainer_dir, world_size
+from sightbeyond.training.common import check_launch, sft_config, stage1_dir, trainer_dir
 
 
 def run(params: Params) -> None:
@@ -17,7 +17,7 @@ def run(params: Params) -> None:
     from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
 
     hparams, out = params.hparams.stage1, stage1_dir(params)
-    hparams.grad_accum(world_size(), f"presets.{params.preset_name}.stage1")  # fails before the model loads
+    check_launch(hparams, f"presets.{params.preset_name}.stage1")
     # seeded before the model is built, not only by the Trainer after: the projector's initialisation, LoRA's and
     # the new token rows of a hub LLM's embeddings are drawn before the Trainer exists
     set_seed(hparams.seed)
@@ -35,6 +35,7 @@ def run(params: Params) -> None:
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                              callbacks=[ResumableMLflowCallback(resume.logged)])
         trainer.train(resume_from_checkpoint=resume.checkpoint)
+        state = trainer.accelerator.get_state_dict(trainer.model)  # every process takes part: shards are gathered
         if is_main_process():
-            save_projector(model, tmp, processor.tokenizer)
+            save_projector(model, state, tmp, processor.tokenizer)
             processor.save_pretrained(tmp)

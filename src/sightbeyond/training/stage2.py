@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from sightbeyond.config import ConfigError, Modality, Params, Tuning
+from sightbeyond.config import Modality, Params, Tuning
 from sightbeyond.data.prepare import split_dir
 from sightbeyond.io import atomic_dir, is_main_process
-from sightbeyond.training.common import (sft_config, sharded_parameters, stage1_dir, stage2_dir, trainer_dir, variant,
-                                         with_projector_lr, world_size)
+from sightbeyond.training.common import (accelerate_plugin, check_launch, sft_config, stage1_dir, stage2_dir, trainer_dir,
+                                         variant, with_projector_lr, world_size)
 
 LLM_LINEAR = r"layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
@@ -34,12 +34,7 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     from sightbeyond.training.stepwise import StepwiseEval
 
     cfg, hparams, out = params.stage2, params.hparams.stage2, stage2_dir(params, tuning, modality)
-    hparams.grad_accum(world_size(), f"presets.{params.preset_name}.stage2")  # fails before the model loads
-    if cfg.stepwise_tasks and (sharding := sharded_parameters()):
-        # the evaluator runs the LLM outside the trainer's forward, where sharded parameters are never gathered
-        raise ConfigError(f"step-wise evaluation needs every process to hold the whole model; under {sharding} it "
-                          "would hang or score garbage. Run it with DDP or ZeRO-2, or without step-wise evaluation "
-                          "(-S 'stage2.stepwise_tasks=[]')")
+    check_launch(hparams, f"presets.{params.preset_name}.stage2", stepwise=bool(cfg.stepwise_tasks))
     processing = load_processor(params) if modality == "image" else load_tokenizer(params)
     tokenizer = getattr(processing, "tokenizer", processing)
     # the step-wise tasks, metric and benchmark files are checked here, before the model loads or a run starts
@@ -57,7 +52,8 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     work = trainer_dir(params, variant(tuning, modality))
 
     name = f"{params.backbone_key}-{params.data}-{variant(tuning, modality)}"
-    with resumable_run("stage2", params, name=f"stage2-{name}", tags={"tuning": tuning, "modality": modality},
+    launch = {"world_size": world_size(), "accelerate_plugin": accelerate_plugin() or "none"}
+    with resumable_run("stage2", params, name=f"stage2-{name}", tags={"tuning": tuning, "modality": modality, **launch},
                        param_sections=("model", "stage2"), hparams=hparams, inputs=inputs, trainer_dir=work,
                        fingerprint=fingerprint(params, inputs, tuning=tuning, modality=modality)) as resume:
         with atomic_dir(out) as tmp:
