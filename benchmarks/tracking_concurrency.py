@@ -1,9 +1,10 @@
 """N processes logging to one MLflow store at once, as N grid cells of stage 2 would: a run each, its params, and
 `loss`, `grad_norm`, `learning_rate` at every step; then every run is checked: FINISHED, every (metric, step) present
-once. Stores: the SQLite file the project uses by default, and a tracking server (scripts/tracking_server, SQLite
-behind it) started here on loopback.
+once. Stores: the SQLite file the project uses by default, and a tracking server (scripts/tracking_server) started
+here on loopback with SQLite behind it (`server`) or PostgreSQL (`postgres`: a throwaway cluster from Debian's
+postgresql package, initdb'd in a temporary folder; needs psycopg2-binary in .venv).
 
-    .venv/bin/python benchmarks/tracking_concurrency.py [--writers 2 4 8] [--steps 200] [--stores sqlite server]
+    .venv/bin/python benchmarks/tracking_concurrency.py [--writers 2 4 8] [--steps 200] [--stores sqlite server postgres]
 
 Prints one row per (store, N): wall seconds, runs FINISHED, points missing or duplicated, errors in the writers.
 `--mlflow-alone` opens the store and the experiment as plain MLflow does, to see what the project's way prevents.
@@ -94,11 +95,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PostgresCluster:
+    """A PostgreSQL cluster of its own (initdb, trust on loopback) with an `mlflow` database, until the block ends.
+    PostgreSQL refuses to run as root, so as root the cluster runs as the `postgres` user Debian's package made."""
+
+    def __init__(self):
+        import glob
+        import os
+
+        self.port = free_port()
+        [self.bin] = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1:] or [None]
+        if self.bin is None:
+            raise SystemExit("PostgreSQL is not installed: apt-get install postgresql")
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.uri = f"postgresql://postgres@127.0.0.1:{self.port}/mlflow"
+
+    def _run(self, *command: str) -> None:
+        done = subprocess.run([*self.as_user, *command], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{Path(command[0]).name} failed: {(done.stderr or done.stdout).strip()[-500:]}")
+
+    def __enter__(self) -> PostgresCluster:
+        import shutil
+
+        # a folder of its own in the system's temporary folder: the caller's may be closed to the postgres user
+        self.folder = Path(tempfile.mkdtemp(prefix="mlflow-pg-"))
+        if self.as_user:
+            shutil.chown(self.folder, "postgres")
+        data = str(self.folder / "data")
+        self._run(f"{self.bin}/initdb", "-D", data, "-U", "postgres", "-A", "trust")
+        self._run(f"{self.bin}/pg_ctl", "-D", data, "-l", str(self.folder / "postgres.log"), "-w", "-o",
+                  f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=200", "start")
+        self._run(f"{self.bin}/createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "mlflow")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import shutil
+
+        self._run(f"{self.bin}/pg_ctl", "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 class TrackingServer:
     """scripts/tracking_server as a child process, on a free loopback port, until the block ends."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, backend: str | None = None):
         self.folder, self.port = Path(folder), free_port()
+        self.backend = backend or f"sqlite:///{self.folder / 'server.db'}"
         self.uri = f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> TrackingServer:
@@ -106,7 +149,7 @@ class TrackingServer:
         self.log = (self.folder / "server.log").open("w")
         bin_dir = str(Path(sys.executable).parent)
         env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(Path.home())}
-        self.proc = subprocess.Popen([str(ROOT / "scripts/tracking_server"), f"sqlite:///{self.folder / 'server.db'}",
+        self.proc = subprocess.Popen([str(ROOT / "scripts/tracking_server"), self.backend,
                                       str(self.folder / "artifacts"), str(self.port)], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         for _ in range(240):
@@ -134,7 +177,7 @@ def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--writers", type=int, nargs="+", default=[2, 4, 8])
     cli.add_argument("--steps", type=int, default=200)
-    cli.add_argument("--stores", nargs="+", default=["sqlite", "server"], choices=["sqlite", "server"])
+    cli.add_argument("--stores", nargs="+", default=["sqlite", "server"], choices=["sqlite", "server", "postgres"])
     cli.add_argument("--mlflow-alone", action="store_true",
                      help="open the store and the experiment as MLflow alone does, not as the project's stages do")
     cli.add_argument("--json", type=Path)
@@ -148,11 +191,14 @@ def main() -> None:
                     folder.mkdir()
                     row = run_writers(f"sqlite:///{folder / 'mlflow.db'}", "concurrency", n, args.steps,
                                       as_the_project=not args.mlflow_alone)
-                else:
+                elif store == "server":
                     with TrackingServer(folder) as server:
                         row = run_writers(server.uri, "concurrency", n, args.steps, as_the_project=not args.mlflow_alone)
+                else:
+                    with PostgresCluster() as db, TrackingServer(folder, db.uri) as server:
+                        row = run_writers(server.uri, "concurrency", n, args.steps, as_the_project=not args.mlflow_alone)
                 rows.append({"store": store, "writers": n, "steps": args.steps, **row})
-                print(f"{store:7s} N={n}: {row['wall_s']:6.1f} s, {row['finished']}/{n} FINISHED, "
+                print(f"{store:8s} N={n}: {row['wall_s']:6.1f} s, {row['finished']}/{n} FINISHED, "
                       f"{row['missing']} points missing, {row['duplicated']} duplicated, {len(row['errors'])} errors "
                       f"{row['errors'][:2] if row['errors'] else ''}", flush=True)
     if args.json:

@@ -1,9 +1,10 @@
-"""The pipeline against a real tracking server (scripts/tracking_server, started and stopped here, SQLite behind
-it): a stage logs through it, artifacts included, a killed run resumes into the same run, the report reads the runs
+"""The pipeline against a real tracking server (scripts/tracking_server, started and stopped here, SQLite or
+PostgreSQL behind it): a stage logs through it, artifacts included, a killed run resumes into the same run, the report reads the runs
 back, and writers logging at training rate at once lose nothing, there and in the default SQLite file."""
 
 from __future__ import annotations
 
+import glob
 import json
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from tracking_concurrency import TrackingServer, run_writers  # noqa: E402  (the benchmark's own server and writers)
+from tracking_concurrency import PostgresCluster, TrackingServer, run_writers  # noqa: E402  (the benchmark's own)
 
 
 @pytest.fixture
@@ -62,5 +63,23 @@ def test_a_failed_run_resumes_into_the_same_run_on_the_server(params_for, server
 def test_writers_at_training_rate_lose_nothing(store, tmp_path, server):
     uri = server.uri if store == "server" else f"sqlite:///{tmp_path / 'mlflow.db'}"
     outcome = run_writers(uri, "concurrency", writers=4, steps=50)
+    assert outcome["errors"] == [] and outcome["finished"] == outcome["runs"] == 4
+    assert outcome["missing"] == outcome["duplicated"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not glob.glob("/usr/lib/postgresql/*/bin/initdb"), reason="PostgreSQL is not installed")
+def test_a_server_on_postgresql_logs_the_pipeline_and_loses_nothing(tiny_project, tmp_path):
+    """The team's set-up: the tracking server on a PostgreSQL database (a throwaway cluster of Debian's package)."""
+    with PostgresCluster() as db, TrackingServer(tmp_path / "server", db.uri) as server:
+        root = tiny_project()
+        run_cli(root, "eval_nlp", "--model", "base", store=server.uri)
+        from mlflow import MlflowClient
+
+        client = MlflowClient(server.uri)
+        [run] = client.search_runs([client.get_experiment_by_name("sight-beyond-text").experiment_id])
+        assert run.info.status == "FINISHED" and run.data.metrics["ethics_commonsense/acc"] >= 0
+        assert list((server.folder / "artifacts").rglob("predictions/ethics_cm.jsonl"))
+        outcome = run_writers(server.uri, "concurrency", writers=4, steps=50)
     assert outcome["errors"] == [] and outcome["finished"] == outcome["runs"] == 4
     assert outcome["missing"] == outcome["duplicated"] == 0
