@@ -31,9 +31,8 @@ from sightbeyond.cli import _overrides
 from sightbeyond.config import load_params
 from sightbeyond.data import shapesworld as sw
 from sightbeyond.evaluation.mm_stage import read_pope
-from sightbeyond.model.extract import load_tuned
-from sightbeyond.model.llava import build_llava, language_model_view, load_processor
-from sightbeyond.training.common import stage1_dir, stage2_dir
+from sightbeyond.model.llava import build_llava, language_model_view, load_processor, load_tuned
+from sightbeyond.layout import Cell
 
 
 def first_answer_token(processor, conversation: list[dict], answer: str) -> int:
@@ -111,7 +110,7 @@ def main() -> None:
     params = load_params(overrides=_overrides(cli.parse_args().set))
     torch.manual_seed(0)
     processor = load_processor(params)
-    model = build_llava(params, processor.tokenizer, stage1_dir(params)).eval()
+    model = build_llava(params, processor.tokenizer, Cell.of(params).stage1_dir).eval()
 
     pairs = read_stage1_pairs(params)
     rows, images_dir = read_pope(params.eval_mm.pope_dir / "coco_pope_random.json"), params.eval_mm.pope_images
@@ -131,7 +130,7 @@ def main() -> None:
     print(f"{'llm reads text':<40} AUC {roc_auc_score(labels, scores):.3f}")
     print(f"{'pope after stage 1':<40} AUC {pope_auc(model, processor, rows, images_dir):.3f}")
     for tuning in params.grid.tuning:
-        if not (path := stage2_dir(params, tuning, "image")).is_dir():
+        if not (path := Cell.of(params, tuning, "image").stage2_dir).is_dir():
             print(f"pope after stage 2 {tuning}-image: no model at {path}")
             continue
         tuned, _ = load_tuned(params, tuning, "image")

@@ -31,8 +31,8 @@ import torch
 
 from sightbeyond.config import Stage2
 from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
-from sightbeyond.evaluation.nlp import evaluate_loaded, fixed_subsample, load_tasks, quiet
-from sightbeyond.evaluation.stepwise_eval import StepwiseEvaluator
+from sightbeyond.tasks.nlp import evaluate_loaded, fixed_subsample, load_tasks, quiet
+from sightbeyond.tasks.stepwise_eval import StepwiseEvaluator
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # the `local` source reads its *.sample.csv files
 DEFAULT_SET = Stage2.model_fields["stepwise_tasks"].default

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from sightbeyond.evaluation.captions import caption_conversation, cider_scores, in_context_examples, read_karpathy
+from sightbeyond.tasks.captions import caption_conversation, cider_scores, in_context_examples, read_karpathy
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's PTB tokenizer runs on Java")
 

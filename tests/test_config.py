@@ -57,13 +57,13 @@ def test_a_hub_id_outside_the_registry_is_a_backbone():
 
 
 def test_a_hub_id_or_a_directory_keeps_its_outputs_one_folder_under_models(tmp_path, monkeypatch):
-    from sightbeyond.training.common import extracted_dir, stage1_dir, stage2_dir
+    from sightbeyond.layout import Cell
 
     weights = tmp_path / "my-llama"
     weights.mkdir()
     for backbone in ("lmsys/vicuna-7b-v1.3", str(weights)):
         params = load_params(ROOT / "params.yaml", overrides={"backbone": backbone})
-        for out in (stage1_dir(params), stage2_dir(params, "lora", "image"), extracted_dir(params, "ft", "text")):
+        for out in (Cell.of(params).stage1_dir, Cell.of(params, "lora", "image").stage2_dir, Cell.of(params, "ft", "text").extracted_dir):
             assert not out.is_absolute() and out.parts[0] == "models" and "/" not in out.parts[1], out
             assert out.parts[1] == params.backbone_key
     assert load_params(ROOT / "params.yaml", overrides={"backbone": "lmsys/vicuna-7b-v1.3"}).backbone_key == "lmsys--vicuna-7b-v1.3"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sightbeyond.evaluation.corruptions import corrupt, corruption_names
+from sightbeyond.tasks.corruptions import corrupt, corruption_names
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,7 @@ def test_eval_mm_logs_every_family(params_for, mlflow_store, tmp_path, monkeypat
 
     from sightbeyond.evaluation import mm_stage
     from sightbeyond.model.llava import build_llava, load_processor
-    from sightbeyond.training.common import stage2_dir
+    from sightbeyond.layout import Cell
 
     data = tmp_path / "data"
     params = params_for(**{
@@ -99,7 +99,7 @@ def test_eval_mm_logs_every_family(params_for, mlflow_store, tmp_path, monkeypat
     monkeypatch.setenv("SIGHTBEYOND_ROOT", str(tmp_path))
     processor = load_processor(params)
     model = build_llava(params, processor.tokenizer)
-    out = stage2_dir(params, "ft", "image")
+    out = Cell.of(params, "ft", "image").stage2_dir
     model.save_pretrained(out)
     processor.save_pretrained(out)
     assert AutoProcessor.from_pretrained(out).chat_template

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sightbeyond.evaluation.mme import Question, eval_tool_line, mme_metrics, parse_answer, read_mme, score_subtask
+from sightbeyond.tasks.mme import Question, eval_tool_line, mme_metrics, parse_answer, read_mme, score_subtask
 
 
 @pytest.mark.parametrize("answer, parsed", [

@@ -14,8 +14,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sightbeyond.data.nlp_fixtures import MMLU_SUBJECTS, write_nlp_fixtures
-from sightbeyond.evaluation import squad_v2
-from sightbeyond.evaluation.nlp import (
+from sightbeyond.tasks import squad_v2
+from sightbeyond.tasks.nlp import (
     benchmarks, evaluate_llm, evaluate_loaded, leaves, load_tasks, metric_names, metrics_from_results,
     official_task_manager, task_manager,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sightbeyond.evaluation.pope import parse_answer, pope_metrics, readable, score_pope
+from sightbeyond.tasks.pope import parse_answer, pope_metrics, readable, score_pope
 
 
 @pytest.mark.parametrize("answer, parsed", [

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sightbeyond.config import Params, load_params
-from sightbeyond.evaluation import mme
+from sightbeyond.tasks import mme
 from sightbeyond.report import build, compare, tables
 from sightbeyond.report.runs import Cell, CellRuns, Results, latest
 from sightbeyond.config import Report

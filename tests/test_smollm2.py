@@ -191,8 +191,8 @@ def test_step_wise_scores_equal_hflms_with_grouped_query_attention(smollm2_two_l
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
-    from sightbeyond.evaluation.nlp import evaluate_loaded, load_tasks
-    from sightbeyond.evaluation.stepwise_eval import StepwiseEvaluator
+    from sightbeyond.tasks.nlp import evaluate_loaded, load_tasks
+    from sightbeyond.tasks.stepwise_eval import StepwiseEvaluator
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_two_layers).eval()
     tokenizer = AutoTokenizer.from_pretrained(smollm2_two_layers)

@@ -52,7 +52,7 @@ def test_image_start_end_tokens_wrap_the_image_and_only_their_rows_train(tmp_pat
     added tokens' input-embedding rows train with the projector, every other row stays the LLM's; stage 2 starts from
     the trained rows."""
     from sightbeyond.model.llava import IMAGE_END, IMAGE_START, IMAGE_TOKEN, build_llava, load_processor
-    from sightbeyond.training.common import stage1_dir
+    from sightbeyond.layout import Cell
     from sightbeyond.training.preview import encode
 
     params = params_for(**{"presets.tiny.stage1.epochs": 1, "presets.tiny.stage1.global_batch_size": 4,
@@ -72,6 +72,6 @@ def test_image_start_end_tokens_wrap_the_image_and_only_their_rows_train(tmp_pat
     assert labels[start + 5] == -100  # <im_end> is input, not target
 
     stage1.run(params)
-    after = build_llava(params, processor.tokenizer, stage1_dir(params)).get_input_embeddings().weight.detach()
+    after = build_llava(params, processor.tokenizer, Cell.of(params).stage1_dir).get_input_embeddings().weight.detach()
     changed = sorted(torch.nonzero((after != before).any(dim=1)).flatten().tolist())
     assert changed == processor.tokenizer.convert_tokens_to_ids([IMAGE_START, IMAGE_END])

@@ -12,9 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sightbeyond.config import ConfigError, Stage2
 from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
-from sightbeyond.evaluation.nlp import evaluate_loaded, fixed_subsample, load_tasks
-from sightbeyond.evaluation.stepwise_eval import StepwiseEvaluator
-from sightbeyond.training.stepwise import BEST, StepwiseEval
+from sightbeyond.tasks.nlp import evaluate_loaded, fixed_subsample, load_tasks
+from sightbeyond.tasks.stepwise_eval import StepwiseEvaluator
+from sightbeyond.layout import BEST
+from sightbeyond.training.stepwise import StepwiseEval
 
 DEFAULT = Stage2.model_fields["stepwise_tasks"].default
 # every loglikelihood benchmark: shared primers (TruthfulQA), one-token choices (ETHICS, BoolQ), a group of five-shot
@@ -189,7 +190,7 @@ def test_from_params(params_for, tmp_path, model_and_tokenizer):
 
 def test_shared_prefix_lm_gives_hflms_samples(model_and_tokenizer, tmp_path):
     """eval_nlp's lm-eval model: every task through lm-eval's own evaluation, the same per-document results as HFLM."""
-    from sightbeyond.evaluation.stepwise_eval import SharedPrefixLM
+    from sightbeyond.tasks.stepwise_eval import SharedPrefixLM
 
     model, tokenizer = model_and_tokenizer
     write_nlp_fixtures(tmp_path, seed=3, n_truthfulqa=5, n_ethics=6, n_other=3)
@@ -208,7 +209,7 @@ def test_shared_prefix_lm_gives_hflms_samples(model_and_tokenizer, tmp_path):
 def test_contexts_and_prefixes_are_computed_once(model_and_tokenizer, tmp_path):
     """TruthfulQA mc1 and mc2 ask the same questions after the same 6-shot primer: one row per question, holding
     every answer of both as branches, after one shared prefix."""
-    from sightbeyond.evaluation.stepwise_eval import MIN_SHARED_PREFIX
+    from sightbeyond.tasks.stepwise_eval import MIN_SHARED_PREFIX
 
     model, tokenizer = model_and_tokenizer
     model.config.max_position_embeddings = 2048  # RoPE has no table: room for the primer without truncation

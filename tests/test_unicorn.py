@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from sightbeyond.evaluation.unicorn import (
+from sightbeyond.tasks.unicorn import (
     oodcv_accuracy,
     oodcv_correct,
     read_oodcv,

@@ -10,7 +10,7 @@ from pathlib import Path
 from sightbeyond.config import ConfigError, load_params, project_root
 from sightbeyond.data.llava_format import BadRecord
 from sightbeyond.model.weights import MissingWeightsError
-from sightbeyond.evaluation.local_docs import MalformedFile
+from sightbeyond.tasks.local_docs import MalformedFile
 from sightbeyond.io import NotWritable
 
 VARIANTS = ("lora-image", "lora-text", "ft-image", "ft-text")

@@ -337,12 +337,6 @@ class Params(Strict):
     def ad_hoc(self) -> bool:
         return bool(self._command_line - {"data"})
 
-    def results_dir(self, stage: str, kind: str = "results") -> Path:
-        """Where an evaluation stage writes its summary (`results`) and its per-document predictions
-        (`predictions`): the pipeline's tracked files, or <kind>/adhoc/ for a run with other settings than
-        params.yaml's (dvc.yaml's outputs stay what the pipeline measured)."""
-        return Path(kind) / ("adhoc" if self.ad_hoc else "") / stage
-
     @property
     def backbone_key(self) -> str:
         """The backbone's folder name under models/ and results/: a registry name as it is, a hub id `org/name` as

@@ -10,16 +10,7 @@ from pathlib import Path
 from sightbeyond.config import Params
 from sightbeyond.data.llava_format import INSTRUCT_FILES, Report, find_file, read_llava_file
 from sightbeyond.io import atomic_dir
-
-PREPARED = Path("data/prepared")
-
-
-def split_dir(name: str, data: str = "full") -> Path:
-    """`stage1`, or `image` / `text` of the instruction set `data`, or a path to a prepared split."""
-    if name == "stage1":
-        return PREPARED / "stage1"
-    return PREPARED / data / name if name in ("image", "text") else Path(name)
-
+from sightbeyond.layout import PREPARED, split_dir
 
 def features(with_image: bool):
     from datasets import Features, Image, List, Value

@@ -332,7 +332,7 @@ def mme_pair(subtask: str, scene: list[Shape], size: int, rng: random.Random) ->
 
 def write_mme(cfg: Synth, out: Path, rng: random.Random) -> None:
     """MME_Benchmark_release_version: two questions per image, cognition images as PNG, perception as JPEG."""
-    from sightbeyond.evaluation.mme import COGNITION, PERCEPTION
+    from sightbeyond.tasks.mme import COGNITION, PERCEPTION
 
     for subtask in PERCEPTION + COGNITION:
         split = subtask in MME_FOLDERS_SPLIT

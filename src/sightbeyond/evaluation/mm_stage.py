@@ -18,11 +18,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from sightbeyond.config import EvalMM, Params, Tuning
-from sightbeyond.evaluation import captions, mme, unicorn
-from sightbeyond.evaluation.corruptions import corrupt
-from sightbeyond.evaluation.pope import parse_answer as pope_parse
-from sightbeyond.evaluation.pope import score_pope
+from sightbeyond.tasks import captions, mme, unicorn
+from sightbeyond.tasks.corruptions import corrupt
+from sightbeyond.tasks.pope import parse_answer as pope_parse
+from sightbeyond.tasks.pope import score_pope
 from sightbeyond.io import atomic_dir, check_writable, write_json
+from sightbeyond.layout import Cell
 from sightbeyond.model.llava import STOP_STRINGS, template_for
 
 
@@ -256,13 +257,13 @@ def family_inputs(cfg: EvalMM, family: str) -> list[Path]:
 def run(params: Params, tuning: Tuning) -> None:
     import mlflow
 
-    from sightbeyond.model.extract import load_tuned, tuned_dir
+    from sightbeyond.model.llava import load_tuned, tuned_dir
     from sightbeyond.tracking.runs import logged_model, stage_run
-    from sightbeyond.training.common import stage2_dir, variant
 
+    cell = Cell.of(params, tuning, "image")
     cfg = params.eval_mm
     data = load_benchmarks(cfg)  # every benchmark file read and checked before the model loads
-    check_writable(params.results_dir("eval_mm"), params.results_dir("eval_mm", "predictions"))
+    check_writable(cell.results("eval_mm").parent, cell.predictions("eval_mm").parent)
     model, processor = load_tuned(params, tuning, "image")
     template = cfg.template or params.active.template
     if cfg.template is not None:  # asked in another template than the model was tuned in (the authors': v0)
@@ -270,20 +271,18 @@ def run(params: Params, tuning: Tuning) -> None:
                                                                                     params.image_start_end)
     ask = Generator(model, processor, cfg, template)
     weights = tuned_dir(params, tuning, "image")
-    model_id = logged_model(params, weights, name=f"stage2-{params.backbone_key}-{params.data}-{variant(tuning, 'image')}",
-                            model_type="stage2")
-    name = f"{params.data}-{variant(tuning, 'image')}"
+    model_id = logged_model(params, weights, name=cell.run_name("stage2"), model_type="stage2")
     metrics: dict[str, float] = {}
     # every family's prediction tables, as MLflow holds them, are also the stage's DVC output: a clone without that
     # output evaluates (and logs) again
-    with atomic_dir(params.results_dir("eval_mm", "predictions") / f"{params.backbone_key}-{name}") as out:
+    with atomic_dir(cell.predictions("eval_mm")) as out:
         for family in sorted(cfg.benchmarks, key=list(FAMILIES).index):  # coco before coco_c, which compares with it
-            with stage_run("eval_mm", params, name=f"eval_mm-{params.backbone_key}-{name}-{family}",
-                           tags={"tuning": tuning, "modality": "image", "model": name, "family": family},
+            with stage_run("eval_mm", params, name=f"{cell.run_name('eval_mm')}-{family}",
+                           tags={"tuning": tuning, "modality": "image", "model": cell.model, "family": family},
                            param_sections=("eval_mm",),
-                           inputs=[stage2_dir(params, tuning, "image"), *family_inputs(cfg, family)]) as run:
+                           inputs=[cell.stage2_dir, *family_inputs(cfg, family)]) as run:
                 got = FAMILIES[family](ask, data, cfg, metrics)
                 mlflow.log_metrics(got, model_id=model_id)
                 mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(out / family))
             metrics |= got
-    write_json(params.results_dir("eval_mm") / f"{params.backbone_key}-{name}.json", metrics)
+    write_json(cell.results("eval_mm"), metrics)

@@ -7,23 +7,13 @@ from pathlib import Path
 
 from sightbeyond.config import Params
 from sightbeyond.io import atomic_dir, check_writable, write_json
-from sightbeyond.training.common import SELECTION
-
-FIXTURES = Path("data/shapesworld/nlp")
-
-
-def nlp_data_root(params: Params) -> Path | None:
-    """Where the benchmarks' release files are: None for the `hub` source, which reads lm-eval's hub copies."""
-    source = params.eval_nlp.source
-    if source == "hub":
-        return None
-    return FIXTURES if source == "fixture" else Path(params.eval_nlp.local_root)
+from sightbeyond.layout import SELECTION, Cell, nlp_data_root
 
 
 def reported_documents(params: Params, data_root: Path | None) -> dict[str, list[int]] | None:
     """With stage2.selection_holdout, every document but the held-out share that chose the checkpoint, for the base
     LLM too (a delta pairs the same documents); None: all."""
-    from sightbeyond.evaluation.nlp import fixed_subsample, holdout, load_tasks
+    from sightbeyond.tasks.nlp import fixed_subsample, holdout, load_tasks
 
     fraction = params.stage2.selection_holdout
     if fraction is None:
@@ -37,7 +27,7 @@ def reported_documents(params: Params, data_root: Path | None) -> dict[str, list
 def expected(params: Params) -> dict[str, str]:
     """The measurement tags an eval_nlp run of these params carries, BOS aside (the tokenizer's, for the default);
     the documents' hash where the documents are at hand."""
-    from sightbeyond.evaluation.nlp import data_hash
+    from sightbeyond.tasks.nlp import data_hash
 
     cfg = params.eval_nlp
     out = {"eval_source": cfg.source, "eval_limit": str(cfg.limit), "eval_dtype": cfg.dtype,
@@ -62,41 +52,40 @@ def run(params: Params, model: str) -> None:
     import mlflow
     from transformers import AutoTokenizer
 
-    from sightbeyond.evaluation.nlp import check_files, evaluate_llm
+    from sightbeyond.tasks.nlp import check_files, evaluate_llm
     from sightbeyond.model.weights import resolve_llm
     from sightbeyond.tracking.runs import logged_model, stage_run
-    from sightbeyond.training.common import extracted_dir
 
     if model == "base":
-        path, tags = resolve_llm(params), {"tuning": "none", "modality": "none"}
+        cell, path, tags = Cell.of(params), resolve_llm(params), {"tuning": "none", "modality": "none"}
     else:
         tuning, modality = model.split("-")
-        path, tags = str(extracted_dir(params, tuning, modality)), {"tuning": tuning, "modality": modality}
-        model = f"{params.data}-{model}"  # the cell's name: one LLM per instruction set
+        cell = Cell.of(params, tuning, modality)
+        path, tags = str(cell.extracted_dir), {"tuning": tuning, "modality": modality}
     cfg, data_root = params.eval_nlp, nlp_data_root(params)
-    inputs = ([] if model == "base" else [Path(path)]) + ([] if data_root is None else [data_root])
-    print(f"eval_nlp {model}: {', '.join(cfg.tasks)} ({cfg.source}{'' if data_root is None else f': {data_root}'})")
+    inputs = ([] if cell.tuning is None else [Path(path)]) + ([] if data_root is None else [data_root])
+    print(f"eval_nlp {cell.model}: {', '.join(cfg.tasks)} ({cfg.source}{'' if data_root is None else f': {data_root}'})")
     # what could fail after the model has loaded fails now: the benchmark files, the outputs' folders
     check_files(cfg.tasks, cfg.source, data_root)
-    check_writable(params.results_dir("eval_nlp"), params.results_dir("eval_nlp", "predictions"))
+    check_writable(cell.results("eval_nlp").parent, cell.predictions("eval_nlp").parent)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if (chosen := Path(path) / SELECTION).is_file():  # stage2.best_metric chose this checkpoint
         selection = json.loads(chosen.read_text())
         tags |= {"selected_on": selection["selected_on"], "selected_step": str(selection["step"])}
-    with stage_run("eval_nlp", params, name=f"eval_nlp-{params.backbone_key}-{model}",
-                   tags=tags | {"model": model} | measured(params, tokenizer), param_sections=("eval_nlp",), inputs=inputs):
+    with stage_run("eval_nlp", params, name=cell.run_name("eval_nlp"),
+                   tags=tags | {"model": cell.model} | measured(params, tokenizer), param_sections=("eval_nlp",), inputs=inputs):
         result = evaluate_llm(path, tokenizer, cfg.tasks, cfg.source, data_root, limit=cfg.limit,
                               batch_size=cfg.batch_size, log_samples=True, dtype=cfg.dtype,
                               add_bos_token=cfg.add_bos_token, samples=reported_documents(params, data_root))
         # the scores belong to these weights: an external logged model (tiny/smollm2 bases and every tuned LLM)
-        model_id = logged_model(params, Path(path), name=f"llm-{params.backbone_key}-{model}", model_type="llm") \
+        model_id = logged_model(params, Path(path), name=f"llm-{cell.key}", model_type="llm") \
             if Path(path).is_dir() else None
         mlflow.log_metrics(result.metrics, model_id=model_id)
         mlflow.log_dict(result.raw, "lm_eval_results.json")
         # lm-eval's per-document records (prompt, responses, metrics): in the run, and as the stage's DVC output, so a
         # clone without that output evaluates (and logs) again
-        with atomic_dir(params.results_dir("eval_nlp", "predictions") / f"{params.backbone_key}-{model}") as out:
+        with atomic_dir(cell.predictions("eval_nlp")) as out:
             for task, samples in result.samples.items():
                 (out / f"{task}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
             mlflow.log_artifacts(str(out), "predictions")
-        write_json(params.results_dir("eval_nlp") / f"{params.backbone_key}-{model}.json", result.metrics)
+        write_json(cell.results("eval_nlp"), result.metrics)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
+    AutoProcessor,
     AutoTokenizer,
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -20,7 +21,8 @@ from transformers import (
 )
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-from sightbeyond.config import ConfigError, Params
+from sightbeyond.config import ConfigError, Modality, Params, Tuning
+from sightbeyond.layout import BEST, Cell
 from sightbeyond.model.weights import resolve_backbone, resolve_llm
 
 IMAGE_TOKEN = "<image>"
@@ -210,3 +212,28 @@ def language_model_view(llava: LlavaForConditionalGeneration) -> PreTrainedModel
     causal_lm.lm_head = llava.lm_head
     causal_lm.generation_config = llava.generation_config
     return causal_lm
+
+
+def tuned_dir(params: Params, tuning: Tuning, modality: Modality) -> Path:
+    """The stage-2 model the evaluations read: the best step's where stage2.best_metric chose one, else the last."""
+    out = Cell.of(params, tuning, modality).stage2_dir
+    return out / BEST if params.stage2.best_metric is not None and (out / BEST).is_dir() else out
+
+
+def load_tuned(params: Params, tuning: Tuning, modality: Modality):
+    """The stage-2 model with LoRA merged, and its processor (image) or tokenizer (text)."""
+    from peft import PeftModel
+
+    path = tuned_dir(params, tuning, modality)
+    if modality == "image":
+        processing = AutoProcessor.from_pretrained(path)
+        tokenizer = processing.tokenizer
+        if tuning == "ft":
+            return SightLlava.from_pretrained(path).eval(), processing
+        base = build_llava(params, tokenizer, projector_dir=Cell.of(params).stage1_dir)
+    else:
+        processing = tokenizer = AutoTokenizer.from_pretrained(path)
+        if tuning == "ft":
+            return AutoModelForCausalLM.from_pretrained(path).eval(), processing
+        base = load_llm(params, tokenizer)
+    return PeftModel.from_pretrained(base, path).merge_and_unload().eval(), processing

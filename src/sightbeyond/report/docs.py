@@ -118,7 +118,7 @@ def _leaf_tasks(run_id: str, task: str, samples: dict) -> list[str]:
 
 
 def _nlp(run_id: str, metric: str) -> Docs | None:
-    from sightbeyond.evaluation import nlp
+    from sightbeyond.tasks import nlp
 
     by_prefix = {b.prefix: b for b in nlp.benchmarks().values()}
     parts = nlp.means().get(metric, [metric])
@@ -155,7 +155,7 @@ def _nlp(run_id: str, metric: str) -> Docs | None:
 
 
 def _pope(run_id: str, metric: str, split: str) -> Docs | None:
-    from sightbeyond.evaluation.pope import parse_answer
+    from sightbeyond.tasks.pope import parse_answer
 
     rows = _table(run_id, f"pope_{split}_predictions.json")
     if rows is None:
@@ -174,7 +174,7 @@ def mme_score(values: np.ndarray, strata: np.ndarray) -> np.ndarray:
 
 
 def _mme(run_id: str, metric: str, which: str) -> Docs | None:
-    from sightbeyond.evaluation.mme import COGNITION, PERCEPTION
+    from sightbeyond.tasks.mme import COGNITION, PERCEPTION
 
     rows = _table(run_id, "mme_predictions.json")
     if rows is None:

@@ -10,32 +10,6 @@ import torch
 
 from sightbeyond.config import ConfigError, Params, Stage1Hparams, Stage2Hparams
 
-MODELS = Path("models")
-BEST = "best"  # stage 2's output holds the best step's model here when stage2.best_metric chose one
-SELECTION = "selection.json"  # beside it: how it was chosen (metric, step, value, on which documents)
-
-
-def stage1_dir(params: Params) -> Path:
-    return MODELS / params.backbone_key / "stage1"
-
-
-def variant(tuning: str, modality: str) -> str:
-    return f"{tuning}-{modality}"
-
-
-def stage2_dir(params: Params, tuning: str, modality: str) -> Path:
-    return MODELS / params.backbone_key / "stage2" / params.data / variant(tuning, modality)
-
-
-def trainer_dir(params: Params, name: str) -> Path:
-    """The Trainer's own working directory (logs, checkpoints): outside the DVC outputs, which hold only the result."""
-    return Path("checkpoints") / params.backbone_key / (name if name == "stage1" else f"{params.data}-{name}")
-
-
-def extracted_dir(params: Params, tuning: str, modality: str) -> Path:
-    return MODELS / params.backbone_key / "llm" / params.data / variant(tuning, modality)
-
-
 def accelerate_plugin() -> str | None:
     """The FSDP or DeepSpeed plugin of this launch, which `accelerate launch` announces to its processes."""
     from accelerate.utils import parse_flag_from_env

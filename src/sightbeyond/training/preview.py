@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from sightbeyond.config import Params
-from sightbeyond.data.prepare import split_dir
+from sightbeyond.layout import split_dir
 
 
 def encode(processing, rows: list[dict], max_length: int) -> tuple[list[list[int]], list[list[int]]]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from sightbeyond.config import Params
-from sightbeyond.data.prepare import split_dir
 from sightbeyond.io import atomic_dir, is_main_process
-from sightbeyond.training.common import check_launch, sft_config, stage1_dir, trainer_dir
+from sightbeyond.layout import Cell, split_dir
+from sightbeyond.training.common import check_launch, sft_config
 
 
 def run(params: Params) -> None:
@@ -16,7 +16,7 @@ def run(params: Params) -> None:
     from sightbeyond.model.llava import build_llava, load_processor, save_projector, train_image_token_rows
     from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
 
-    hparams, out = params.hparams.stage1, stage1_dir(params)
+    hparams, cell = params.hparams.stage1, Cell.of(params)
     check_launch(hparams, f"presets.{params.preset_name}.stage1")
     # seeded before the model is built, not only by the Trainer after: the projector's initialisation, LoRA's and
     # the new token rows of a hub LLM's embeddings are drawn before the Trainer exists
@@ -28,9 +28,9 @@ def run(params: Params) -> None:
     train_image_token_rows(model, processor.tokenizer)
     dataset = load_from_disk(str(split_dir("stage1")), keep_in_memory=True)  # no caches written into a DVC output
 
-    work, inputs = trainer_dir(params, "stage1"), [split_dir("stage1")]
-    with resumable_run("stage1", params, name=f"stage1-{params.backbone}", param_sections=("model",), hparams=hparams,
-                       inputs=inputs, trainer_dir=work, fingerprint=fingerprint(params, inputs)) as resume, atomic_dir(out) as tmp:
+    work, inputs = cell.trainer_dir("stage1"), [split_dir("stage1")]
+    with resumable_run("stage1", params, name=f"stage1-{cell.backbone}", param_sections=("model",), hparams=hparams,
+                       inputs=inputs, trainer_dir=work, fingerprint=fingerprint(params, inputs)) as resume, atomic_dir(cell.stage1_dir) as tmp:
         args = sft_config(work, hparams, lr=hparams.lr, save_steps=params.stage1.save_steps)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                              callbacks=[ResumableMLflowCallback(resume.logged)])

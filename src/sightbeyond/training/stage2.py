@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from sightbeyond.config import Modality, Params, Tuning
-from sightbeyond.data.prepare import split_dir
 from sightbeyond.io import atomic_dir, is_main_process
-from sightbeyond.training.common import (accelerate_plugin, check_launch, sft_config, stage1_dir, stage2_dir, trainer_dir,
-                                         variant, with_projector_lr, world_size)
+from sightbeyond.layout import Cell, split_dir
+from sightbeyond.training.common import accelerate_plugin, check_launch, sft_config, with_projector_lr, world_size
 
 LLM_LINEAR = r"layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
@@ -33,7 +32,7 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
     from sightbeyond.training.stepwise import StepwiseEval
 
-    cfg, hparams, out = params.stage2, params.hparams.stage2, stage2_dir(params, tuning, modality)
+    cfg, hparams, cell = params.stage2, params.hparams.stage2, Cell.of(params, tuning, modality)
     check_launch(hparams, f"presets.{params.preset_name}.stage2", stepwise=bool(cfg.stepwise_tasks))
     processing = load_processor(params) if modality == "image" else load_tokenizer(params)
     tokenizer = getattr(processing, "tokenizer", processing)
@@ -43,20 +42,18 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     # the new token rows of a hub LLM's embeddings are drawn before the Trainer exists
     set_seed(hparams.seed)
     if modality == "image":
-        model = build_llava(params, tokenizer, projector_dir=stage1_dir(params))
+        model = build_llava(params, tokenizer, projector_dir=cell.stage1_dir)
         model.model.vision_tower.requires_grad_(False)
     else:
         model = load_llm(params, tokenizer)
     dataset = load_from_disk(str(split_dir(modality, params.data)), keep_in_memory=True)  # TRL's map must not write caches into a DVC output
-    inputs = [split_dir(modality, params.data)] + ([stage1_dir(params)] if modality == "image" else [])
-    work = trainer_dir(params, variant(tuning, modality))
-
-    name = f"{params.backbone_key}-{params.data}-{variant(tuning, modality)}"
+    inputs = [split_dir(modality, params.data)] + ([cell.stage1_dir] if modality == "image" else [])
+    work = cell.trainer_dir("stage2")
     launch = {"world_size": world_size(), "accelerate_plugin": accelerate_plugin() or "none"}
-    with resumable_run("stage2", params, name=f"stage2-{name}", tags={"tuning": tuning, "modality": modality, **launch},
+    with resumable_run("stage2", params, name=cell.run_name("stage2"), tags={"tuning": tuning, "modality": modality, **launch},
                        param_sections=("model", "stage2"), hparams=hparams, inputs=inputs, trainer_dir=work,
                        fingerprint=fingerprint(params, inputs, tuning=tuning, modality=modality)) as resume:
-        with atomic_dir(out) as tmp:
+        with atomic_dir(cell.stage2_dir) as tmp:
             if stepwise is not None:
                 stepwise.logged_through = resume.stepwise_logged_through  # the run already holds them
             args = sft_config(work, hparams, lr=getattr(hparams.lr, tuning), save_steps=cfg.save_steps)
@@ -71,4 +68,4 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
                 stepwise.move_best(tmp)  # out of the trainer directory, which goes once the run succeeds
             if is_main_process():
                 processing.save_pretrained(str(tmp))
-        logged_model(params, out, name=f"stage2-{name}", model_type="stage2")  # the weights, as DVC holds them
+        logged_model(params, cell.stage2_dir, name=cell.run_name("stage2"), model_type="stage2")  # the weights, as DVC holds them

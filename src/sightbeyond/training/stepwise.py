@@ -9,7 +9,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from sightbeyond.config import ConfigError, Params
-from sightbeyond.training.common import BEST, SELECTION, unwrap_causal_lm
+from sightbeyond.layout import BEST, SELECTION
+from sightbeyond.training.common import unwrap_causal_lm
 
 
 
@@ -30,7 +31,7 @@ class StepwiseEval(TrainerCallback):
     def __init__(self, tokenizer, tasks: list[str], data_root: Path | None, *, every: int, limit: int | None,
                  batch_size: int, logged_through: int = -1, best_metric: str | None = None,
                  add_bos_token: bool | None = None, holdout: float | None = None):
-        from sightbeyond.evaluation.nlp import check_files, fixed_subsample, holdout as held_out, load_tasks, metric_names
+        from sightbeyond.tasks.nlp import check_files, fixed_subsample, holdout as held_out, load_tasks, metric_names
 
         known = metric_names(tasks)
         if best_metric is not None and best_metric not in known:
@@ -50,7 +51,7 @@ class StepwiseEval(TrainerCallback):
 
     @classmethod
     def from_params(cls, params: Params, tokenizer) -> StepwiseEval:
-        from sightbeyond.evaluation.nlp_stage import nlp_data_root
+        from sightbeyond.layout import nlp_data_root
 
         cfg, sizing = params.stage2, params.hparams.stage2
         return cls(tokenizer, cfg.stepwise_tasks, nlp_data_root(params), every=sizing.eval_steps, limit=sizing.stepwise_limit,
@@ -58,7 +59,7 @@ class StepwiseEval(TrainerCallback):
                    add_bos_token=params.eval_nlp.add_bos_token, holdout=cfg.selection_holdout)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from sightbeyond.evaluation.stepwise_eval import StepwiseEvaluator
+        from sightbeyond.tasks.stepwise_eval import StepwiseEvaluator
 
         self.best_dir = Path(args.output_dir) / BEST
         # every process scores its share of the documents (DDP: each holds the whole model)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 Source = Literal["hub", "local", "fixture"]
 
-_BENCHMARKS_FILE = Path(__file__).parent / "tasks" / "benchmarks.yaml"
+_BENCHMARKS_FILE = Path(__file__).parent / "benchmarks.yaml"
 # the split keys of an lm-eval task config
 _SPLITS = ("training_split", "validation_split", "test_split", "fewshot_split")
 # lm-eval's default seeds (simple_evaluate's), pinned
@@ -134,7 +134,7 @@ def data_files(names: Iterable[str], data_root: Path) -> list[Path]:
 def check_files(names: Iterable[str], source: Source, data_root: Path | None) -> None:
     """Read every release file the benchmarks `names` need, as their tasks will: a missing or malformed one fails
     here, in seconds, instead of after a model has loaded (minutes at 7B)."""
-    from sightbeyond.evaluation.local_docs import read
+    from sightbeyond.tasks.local_docs import read
 
     if source == "hub":
         return
@@ -168,13 +168,13 @@ def leaves(index, name: str) -> list[str]:
 
 
 def _local(bench: Benchmark, config: dict[str, Any], data_root: Path) -> dict[str, Any]:
-    from sightbeyond.evaluation.local_docs import read
+    from sightbeyond.tasks.local_docs import read
 
     subset = config.get("dataset_name")
     files = {split: release_file(bench, data_root / rel.format(dataset_name=subset)) for split, rel in bench.files.items()}
     load = functools.partial(read, bench.reader, files, subset)
     if "class" in config:
-        from sightbeyond.evaluation.squad_v2 import local_squad2
+        from sightbeyond.tasks.squad_v2 import local_squad2
 
         # SQuAD2, lm-eval's one Python task here, builds its own config: the class itself reads the files
         return config | {"class": local_squad2(config["class"], load)}
@@ -276,7 +276,7 @@ def evaluate_llm(
     import lm_eval
     import torch
 
-    from sightbeyond.evaluation.stepwise_eval import SharedPrefixLM
+    from sightbeyond.tasks.stepwise_eval import SharedPrefixLM
 
     task_names = list(task_names)
     is_path = isinstance(model, (str, Path))

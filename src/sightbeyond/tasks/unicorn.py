@@ -13,7 +13,7 @@ import re
 import warnings
 from pathlib import Path
 
-from sightbeyond.evaluation.predictions import answers_in_order
+from sightbeyond.tasks.predictions import answers_in_order
 
 OODCV_SITUATIONS = ("iid", "occlusion", "context", "pose", "shape", "texture", "weather")
 # The strings whose presence counts as the answer (the official `manualMap2`): plain substrings, so "none" also

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from sightbeyond.evaluation.nlp import metrics_from_results, quiet, reseed_fewshot
+from sightbeyond.tasks.nlp import metrics_from_results, quiet, reseed_fewshot
 
 _LOGLIKELIHOOD_TYPES = ("multiple_choice", "loglikelihood")
 MIN_SHARED_PREFIX = 8  # tokens: a shorter run shared by several contexts is not worth a cache of its own
@@ -40,7 +40,7 @@ class DocResult:
 
 @dataclass
 class StepwiseResult:
-    metrics: dict[str, float]            # our names (sightbeyond.evaluation.nlp)
+    metrics: dict[str, float]            # our names (sightbeyond.tasks.nlp)
     docs: dict[str, list[DocResult]] = field(repr=False)   # per lm-eval task
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sightbeyond.evaluation.predictions import answers_in_order
+from sightbeyond.tasks.predictions import answers_in_order
 
 
 NO_WORDS = ("No", "not", "no")

@@ -1,0 +1,88 @@
+"""Where every artefact of the pipeline lives, spelled once: dvc.yaml names the same paths through `paths` in
+params.yaml, and tests/test_layout.py holds the two equal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sightbeyond.config import Params
+
+PREPARED = Path("data/prepared")
+FIXTURES = Path("data/shapesworld/nlp")  # the embedded default's benchmark files, in the releases' layouts
+MODELS = Path("models")
+CHECKPOINTS = Path("checkpoints")  # the Trainer's working directories, outside the DVC outputs
+BEST = "best"  # stage 2's output holds the best step's model here when stage2.best_metric chose one
+SELECTION = "selection.json"  # beside it: how it was chosen (metric, step, value, on which documents)
+
+
+def split_dir(name: str, data: str = "full") -> Path:
+    """`stage1`, or `image` / `text` of the instruction set `data`, or a path to a prepared split."""
+    if name == "stage1":
+        return PREPARED / "stage1"
+    return PREPARED / data / name if name in ("image", "text") else Path(name)
+
+
+def nlp_data_root(params: Params) -> Path | None:
+    """Where the NLP benchmarks' release files are: None for the `hub` source, which reads lm-eval's hub copies."""
+    source = params.eval_nlp.source
+    if source == "hub":
+        return None
+    return FIXTURES if source == "fixture" else Path(params.eval_nlp.local_root)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One model of a backbone's grid: its base LLM (`tuning` None) or the stage-2 cell data x tuning x modality.
+    `backbone` is the backbone's folder name (Params.backbone_key); `ad_hoc` runs write beside the pipeline's files."""
+
+    backbone: str
+    data: str | None = None
+    tuning: str | None = None
+    modality: str | None = None
+    ad_hoc: bool = False
+
+    @classmethod
+    def of(cls, params: Params, tuning: str | None = None, modality: str | None = None) -> Cell:
+        return cls(params.backbone_key, params.data if tuning else None, tuning, modality, params.ad_hoc)
+
+    @property
+    def variant(self) -> str:
+        return f"{self.tuning}-{self.modality}"
+
+    @property
+    def model(self) -> str:
+        """The model's name within its backbone: `base`, or `<data>-<tuning>-<modality>` (one LLM per set)."""
+        return "base" if self.tuning is None else f"{self.data}-{self.variant}"
+
+    @property
+    def key(self) -> str:
+        """Results' file names and runs' names: `<backbone>-<model>`."""
+        return f"{self.backbone}-{self.model}"
+
+    @property
+    def stage1_dir(self) -> Path:
+        return MODELS / self.backbone / "stage1"
+
+    @property
+    def stage2_dir(self) -> Path:
+        return MODELS / self.backbone / "stage2" / self.data / self.variant
+
+    @property
+    def extracted_dir(self) -> Path:
+        return MODELS / self.backbone / "llm" / self.data / self.variant
+
+    def trainer_dir(self, stage: str) -> Path:
+        return CHECKPOINTS / self.backbone / ("stage1" if stage == "stage1" else f"{self.data}-{self.variant}")
+
+    def results(self, stage: str) -> Path:
+        """An evaluation's summary: the pipeline's tracked file, or under results/adhoc/ for a run with other
+        settings than params.yaml's (dvc.yaml's outputs stay what the pipeline measured)."""
+        return Path("results") / ("adhoc" if self.ad_hoc else "") / stage / f"{self.key}.json"
+
+    def predictions(self, stage: str) -> Path:
+        """An evaluation's per-document predictions, a folder beside its summary under predictions/."""
+        return Path("predictions") / ("adhoc" if self.ad_hoc else "") / stage / self.key
+
+    def run_name(self, stage: str) -> str:
+        return f"{stage}-{self.key}"
