@@ -83,8 +83,8 @@ def test_advice_for_missing_weights_is_one_the_user_can_follow(params_for, monke
 
 def test_a_global_batch_that_does_not_divide_names_the_preset(params_for):
     with pytest.raises(ConfigError, match=r"presets\.tiny\.stage2: global_batch_size 20 is not a multiple"):
-        params_for(**{"presets.tiny.stage2.global_batch_size": 20, "presets.tiny.stage2.per_device_batch_size": 8})
-    params = params_for(**{"presets.tiny.stage2.global_batch_size": 24, "presets.tiny.stage2.per_device_batch_size": 8})
+        params_for(**{"presets.tiny.stage2.global_batch_size": 20, "presets.tiny.stage2.per_device_train_batch_size": 8})
+    params = params_for(**{"presets.tiny.stage2.global_batch_size": 24, "presets.tiny.stage2.per_device_train_batch_size": 8})
     with pytest.raises(ConfigError, match=r"presets\.tiny\.stage2: .* x 2 processes"):
         params.hparams.stage2.grad_accum(2, "presets.tiny.stage2")
 

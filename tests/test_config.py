@@ -48,7 +48,7 @@ def test_registry_holds_the_papers_llms(name):
     assert (params.active.llm, params.active.template) == PAPER_LLMS[name]
     assert params.active.vision == "openai/clip-vit-large-patch14"
     assert params.preset_name == "paper" and not params.active.trust_remote_code
-    assert params.hparams.stage2.lr.ft == 2e-5 and params.hparams.stage2.global_batch_size == 32
+    assert params.hparams.stage2.learning_rate.ft == 2e-5 and params.hparams.stage2.global_batch_size == 32
 
 
 def test_a_hub_id_outside_the_registry_is_a_backbone():
@@ -82,7 +82,7 @@ def test_smollm2_is_built_from_its_gguf_with_its_own_template_and_preset():
 def test_preset_override_and_llava15_values():
     params = load_params(ROOT / "params.yaml", overrides={"backbone": "llama2", "preset": "llava15"})
     lora = params.hparams.stage2.lora
-    assert (lora.r, lora.alpha, params.hparams.stage2.lr.lora) == (128, 256, 2e-4)
+    assert (lora.r, lora.lora_alpha, params.hparams.stage2.learning_rate.lora) == (128, 256, 2e-4)
 
 
 def test_paper_preset_is_the_authors_stage2_batch_and_llavas_is_its_own():
@@ -98,7 +98,7 @@ def test_paper_preset_is_the_authors_stage2_batch_and_llavas_is_its_own():
 def test_global_batch_is_held_across_world_sizes(world, accum):
     stage2 = load_params(ROOT / "params.yaml", overrides={"backbone": "llama2"}).hparams.stage2  # 32 = 4 per device x ...
     assert stage2.grad_accum(world) == accum
-    assert stage2.per_device_batch_size * world * accum == stage2.global_batch_size
+    assert stage2.per_device_train_batch_size * world * accum == stage2.global_batch_size
 
 
 def test_a_global_batch_that_does_not_divide_is_refused():

@@ -19,8 +19,8 @@ def test_llava15_trains_the_projector_at_its_own_learning_rate(params_for, tmp_p
     from sightbeyond.training.stage2 import lora_config
 
     params = params_for(**{"presets.tiny.stage2.mm_projector_lr": 1e-2, "presets.tiny.stage2.max_steps": 1,
-                           "presets.tiny.stage2.warmup_ratio": 0.0,
-                           "presets.tiny.stage2.global_batch_size": 2, "presets.tiny.stage2.per_device_batch_size": 2})
+                           "presets.tiny.stage2.warmup_steps": 0.0,
+                           "presets.tiny.stage2.global_batch_size": 2, "presets.tiny.stage2.per_device_train_batch_size": 2})
     hparams = params.hparams.stage2
     processor = load_processor(params)
     model = build_llava(params, processor.tokenizer)
@@ -30,13 +30,13 @@ def test_llava15_trains_the_projector_at_its_own_learning_rate(params_for, tmp_p
     rows = [{"images": [str(image)], "messages": [
         {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Is there a star?"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "No, there is no star."}]}]}] * 2
-    trainer = SFTTrainer(model=model, args=sft_config(tmp_path / "work", hparams, lr=hparams.lr.lora, save_steps=None),
+    trainer = SFTTrainer(model=model, args=sft_config(tmp_path / "work", hparams, learning_rate=hparams.learning_rate.lora, save_steps=None),
                          train_dataset=Dataset.from_list(rows), processing_class=processor,
                          peft_config=lora_config(params, "image"))
     with_projector_lr(trainer, hparams.mm_projector_lr)
     rest, projector = trainer.optimizer.param_groups
     names = {id(p): n for n, p in trainer.model.named_parameters()}
-    assert projector["lr"] == 1e-2 and rest["lr"] == hparams.lr.lora
+    assert projector["lr"] == 1e-2 and rest["lr"] == hparams.learning_rate.lora
     assert projector["params"] and all("multi_modal_projector" in names[id(p)] for p in projector["params"])
     assert rest["params"] and all("lora_" in names[id(p)] for p in rest["params"])
     before = {names[id(p)]: p.detach().clone() for p in projector["params"]}
@@ -70,3 +70,22 @@ def test_image_start_end_follows_the_preset_unless_set(preset, wrapped):
     assert params.image_start_end is wrapped
     assert load_params(ROOT / "params.yaml", overrides={"backbone": "llama2", "preset": preset,
                                                         "model.image_start_end": not wrapped}).image_start_end is not wrapped
+
+
+def test_the_training_seed_and_schedule_are_params_that_reach_sftconfig(params_for, tmp_path):
+    """`dvc exp run -S presets.paper.stage2.seed=1` is a seed sweep: the preset's SFTConfig fields pass as they are."""
+    from sightbeyond.training.common import sft_config
+
+    hparams = params_for(**{"presets.tiny.stage2.seed": 7, "presets.tiny.stage2.lr_scheduler_type": "linear",
+                            "presets.tiny.stage2.weight_decay": 0.1}).hparams.stage2
+    args = sft_config(tmp_path, hparams, learning_rate=hparams.learning_rate.lora, save_steps=None)
+    assert (args.seed, args.lr_scheduler_type, args.weight_decay) == (7, "linear", 0.1)
+
+
+def test_a_value_sftconfig_refuses_fails_before_the_model_loads(params_for, tmp_path):
+    from sightbeyond.config import ConfigError
+    from sightbeyond.training.common import sft_config
+
+    hparams = params_for(**{"presets.tiny.stage2.lr_scheduler_type": "cosine_typo"}).hparams.stage2
+    with pytest.raises(ConfigError, match=r"presets\.tiny\.stage2: SFTConfig refuses it: .*cosine_typo"):
+        sft_config(tmp_path, hparams, learning_rate=1e-3, save_steps=None, where="presets.tiny.stage2")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from conftest import run_cli
 
 STAGE2 = ("stage2", "--tuning", "lora", "--modality", "text")
-SETTINGS = {"presets.tiny.stage2.per_device_batch_size": 4, "presets.tiny.stage2.global_batch_size": 4,
+SETTINGS = {"presets.tiny.stage2.per_device_train_batch_size": 4, "presets.tiny.stage2.global_batch_size": 4,
             "stage2.save_steps": 5, "presets.tiny.stage2.eval_steps": 10}  # checkpoints on logging steps: same loss windows
 
 

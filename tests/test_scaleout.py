@@ -9,8 +9,8 @@ from conftest import ROOT, run_cli
 
 STAGE2 = ("stage2", "--tuning", "lora", "--modality", "text")
 # global batch 8: one process accumulates 2 micro-batches of 4, two processes take one each
-SETTINGS = {"presets.tiny.stage2.per_device_batch_size": 4, "presets.tiny.stage2.global_batch_size": 8,
-            "presets.tiny.stage2.lora.dropout": 0.0,  # dropout draws differ per process; nothing else should
+SETTINGS = {"presets.tiny.stage2.per_device_train_batch_size": 4, "presets.tiny.stage2.global_batch_size": 8,
+            "presets.tiny.stage2.lora.lora_dropout": 0.0,  # dropout draws differ per process; nothing else should
             "presets.tiny.stage2.eval_steps": 10, "stage2.save_steps": None}
 TOLERANCE = 1e-5  # relative, per logged loss: only the reduction order differs (measured: 1e-7)
 
@@ -93,7 +93,7 @@ def test_sharded_training_gives_the_loss_curve_and_weights_of_one_process(config
     if config == "zero2.yaml":
         pytest.importorskip("deepspeed")
     processes = min(GPUS, 2)
-    settings = {**SETTINGS, "stage2.stepwise_tasks": [], "presets.tiny.stage2.per_device_batch_size": 8 // processes}
+    settings = {**SETTINGS, "stage2.stepwise_tasks": [], "presets.tiny.stage2.per_device_train_batch_size": 8 // processes}
     one, many = tiny_project("one", rows=160, **settings), tiny_project("many", rows=160, **settings)
     stage2 = ("stage2", "--tuning", "ft", "--modality", "text")
     run_cli(one, *stage2)

@@ -100,7 +100,7 @@ def test_stage2_and_extract_on_smollm2s_architecture(tiny_project, smollm2_two_l
 
     settings = {"backbones.tiny.llm": str(smollm2_two_layers), "backbones.tiny.template": "chatml",
                 "presets.tiny.stage2.max_steps": 2, "presets.tiny.stage2.global_batch_size": 2,
-                "presets.tiny.stage2.per_device_batch_size": 2, "presets.tiny.stage2.eval_steps": 1,
+                "presets.tiny.stage2.per_device_train_batch_size": 2, "presets.tiny.stage2.eval_steps": 1,
                 "stage2.stepwise_tasks": ["truthfulqa_mc1", "ethics_cm"]}
     root = tiny_project(**settings)
     image = root / "red.png"

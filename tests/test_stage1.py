@@ -26,8 +26,8 @@ def write_pairs(root: Path, n: int = 8) -> None:
 
 
 def test_stage1_trains_only_the_projector_and_a_rerun_reproduces_it(tmp_path, params_for, mlflow_store, monkeypatch):
-    params = params_for(**{"presets.tiny.stage1.epochs": 1, "presets.tiny.stage1.global_batch_size": 4,
-                           "presets.tiny.stage1.per_device_batch_size": 4})
+    params = params_for(**{"presets.tiny.stage1.num_train_epochs": 1, "presets.tiny.stage1.global_batch_size": 4,
+                           "presets.tiny.stage1.per_device_train_batch_size": 4})
     projectors = []
     for run in ("first", "second"):
         root = tmp_path / run
@@ -55,8 +55,8 @@ def test_image_start_end_tokens_wrap_the_image_and_only_their_rows_train(tmp_pat
     from sightbeyond.layout import Cell
     from sightbeyond.training.preview import encode
 
-    params = params_for(**{"presets.tiny.stage1.epochs": 1, "presets.tiny.stage1.global_batch_size": 4,
-                           "presets.tiny.stage1.per_device_batch_size": 4, "model.image_start_end": True})
+    params = params_for(**{"presets.tiny.stage1.num_train_epochs": 1, "presets.tiny.stage1.global_batch_size": 4,
+                           "presets.tiny.stage1.per_device_train_batch_size": 4, "model.image_start_end": True})
     write_pairs(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
     monkeypatch.chdir(tmp_path)

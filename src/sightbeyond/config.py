@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, PrivateAttr, ValidationError,
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, PrivateAttr, ValidationError,
                       model_validator)
 
 Tuning = Literal["lora", "ft"]
@@ -148,40 +148,53 @@ class ModelCfg(Strict):
     image_start_end: bool | None = None     # <im_start>/<im_end> around each image's tokens; null: the preset's
 
 
-class Batching(Strict):
-    """The global batch is the hyperparameter; gradient accumulation is derived from it and the world size."""
+class TrainingArgs(Strict):
+    """A stage's recipe in SFTConfig's own field names, passed to it as they are; the global batch is the
+    hyperparameter, and gradient accumulation follows from it and the world size."""
 
+    seed: int                               # data order, initialisation, dropout
+    num_train_epochs: PositiveFloat
+    max_steps: PositiveInt | None = None    # stop after this many optimizer steps (null: the epochs decide)
     global_batch_size: PositiveInt
-    per_device_batch_size: PositiveInt
+    per_device_train_batch_size: PositiveInt
+    lr_scheduler_type: str
+    warmup_steps: NonNegativeFloat          # below 1: a fraction of the steps
+    weight_decay: NonNegativeFloat
+    max_length: PositiveInt
+    logging_steps: PositiveInt
+    save_total_limit: PositiveInt
+    dataloader_num_workers: NonNegativeInt
 
     @model_validator(mode="after")
     def _divides(self):  # on one process; grad_accum checks again for the launch's number of processes
-        if self.global_batch_size % self.per_device_batch_size:
-            raise ValueError(f"global_batch_size {self.global_batch_size} is not a multiple of per_device_batch_size "
-                             f"{self.per_device_batch_size}")
+        if self.global_batch_size % self.per_device_train_batch_size:
+            raise ValueError(f"global_batch_size {self.global_batch_size} is not a multiple of "
+                             f"per_device_train_batch_size {self.per_device_train_batch_size}")
         return self
 
     def grad_accum(self, world_size: int, where: str = "the preset") -> int:
-        per_step = self.per_device_batch_size * world_size
+        per_step = self.per_device_train_batch_size * world_size
         if self.global_batch_size % per_step:
             raise ConfigError(f"{where}: global_batch_size {self.global_batch_size} is not a multiple of "
-                              f"per_device_batch_size {self.per_device_batch_size} x {world_size} processes")
+                              f"per_device_train_batch_size {self.per_device_train_batch_size} x {world_size} processes")
         return self.global_batch_size // per_step
 
+    def sft_fields(self) -> dict:
+        """The fields SFTConfig takes as they are."""
+        return self.model_dump(exclude={"global_batch_size", "learning_rate", "lora", "mm_projector_lr", "eval_steps",
+                                        "stepwise_limit", "max_steps"})
 
-class Stage1Hparams(Batching):
-    seed: int = 0                           # the training seed (SFTConfig's): data order, initialisation, dropout
-    epochs: PositiveFloat = 1
-    max_steps: PositiveInt | None = None    # stop after this many optimizer steps (null: the epochs decide)
-    lr: PositiveFloat
-    warmup_ratio: float = 0.03
-    max_length: PositiveInt
+
+class Stage1Hparams(TrainingArgs):
+    learning_rate: PositiveFloat
 
 
 class LoraCfg(Strict):
+    """LoraConfig's own fields; the target modules and the projector's full training are the stage's."""
+
     r: PositiveInt
-    alpha: PositiveInt
-    dropout: float
+    lora_alpha: PositiveInt
+    lora_dropout: NonNegativeFloat
 
 
 class Stage2LR(Strict):
@@ -189,15 +202,10 @@ class Stage2LR(Strict):
     lora: PositiveFloat
 
 
-class Stage2Hparams(Batching):
-    seed: int = 0                           # `dvc exp run -S presets.paper.stage2.seed=1`: a seed sweep
-    epochs: PositiveFloat = 1
-    max_steps: PositiveInt | None = None
-    lr: Stage2LR
+class Stage2Hparams(TrainingArgs):
+    learning_rate: Stage2LR                 # one per tuning: LoRA takes larger steps
     mm_projector_lr: PositiveFloat | None = None  # LLaVA-1.5's: the projector's own learning rate (null: the run's)
     lora: LoraCfg
-    warmup_ratio: float = 0.03
-    max_length: PositiveInt
     eval_steps: PositiveInt                 # step-wise TruthfulQA-mc1 / ETHICS every this many steps (Figure 4)
     stepwise_limit: PositiveInt | None = None  # documents per task in the step-wise evaluation (null: all)
 
@@ -369,15 +377,17 @@ class Params(Strict):
     def recipe(self, image_tokens: int | None) -> str:
         """What a run with these params does, in the terms PROTOCOL.md states the authors' settings in."""
         s1, s2, mm, nlp = self.hparams.stage1, self.hparams.stage2, self.eval_mm, self.eval_nlp
-        steps = math.ceil(INSTRUCT_80K * s2.epochs / s2.global_batch_size)
+        steps = math.ceil(INSTRUCT_80K * s2.num_train_epochs / s2.global_batch_size)
         wrapped = f", wrapped in {IMAGE_START_END}" if self.image_start_end else ""
         decoding = (f"do_sample top_k {mm.top_k} temperature {mm.temperature} num_beams {mm.num_beams} seed {mm.seed}"
                     if mm.do_sample else f"greedy, num_beams {mm.num_beams} (the authors sampled: -S eval_mm.do_sample=true)")
         return "\n".join([
             f"backbone {self.backbone}: {self.active.llm}, vision {self.active.vision}, preset {self.preset_name}",
-            f"stage 1: global batch {s1.global_batch_size}, lr {s1.lr:g}, {s1.epochs:g} epoch(s), max length {s1.max_length}",
-            f"stage 2: global batch {s2.global_batch_size} ({s2.per_device_batch_size} per device, accumulation from "
-            f"the world size), lr {s2.lr.ft:g} (ft) / {s2.lr.lora:g} (lora, r {s2.lora.r} alpha {s2.lora.alpha})"
+            f"stage 1: global batch {s1.global_batch_size}, lr {s1.learning_rate:g}, {s1.num_train_epochs:g} epoch(s), "
+            f"max length {s1.max_length}",
+            f"stage 2: global batch {s2.global_batch_size} ({s2.per_device_train_batch_size} per device, accumulation "
+            f"from the world size), lr {s2.learning_rate.ft:g} (ft) / {s2.learning_rate.lora:g} (lora, r {s2.lora.r} "
+            f"alpha {s2.lora.lora_alpha}), {s2.lr_scheduler_type}, warmup {s2.warmup_steps:g}, seed {s2.seed}"
             + (f", projector lr {s2.mm_projector_lr:g}" if s2.mm_projector_lr else "")
             + f", template {self.active.template}: {steps} steps over {INSTRUCT_80K} records (llava_instruct_80k)"
             + (f", at most {s2.max_steps} steps" if s2.max_steps else ""),

@@ -42,38 +42,33 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def sft_config(output_dir: Path, hparams: Stage1Hparams | Stage2Hparams, *, lr: float, save_steps: int | None,
-               **overrides):
+def sft_config(output_dir: Path, hparams: Stage1Hparams | Stage2Hparams, *, learning_rate: float,
+               save_steps: int | None, where: str = "the preset", **overrides):
+    """SFTConfig from the preset's fields as they are, and what the project decides for every run; a value SFTConfig
+    refuses is a ConfigError naming the preset."""
     from trl import SFTConfig
 
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return SFTConfig(
+    fields = hparams.sft_fields() | dict(
         output_dir=str(output_dir),
-        learning_rate=lr,
-        per_device_train_batch_size=hparams.per_device_batch_size,
-        gradient_accumulation_steps=hparams.grad_accum(world_size()),  # the global batch is the same on any world size
-        num_train_epochs=hparams.epochs,
+        learning_rate=learning_rate,
+        gradient_accumulation_steps=hparams.grad_accum(world_size(), where),  # the same global batch on any world size
         max_steps=hparams.max_steps or -1,  # -1: the epochs decide
-        lr_scheduler_type="cosine",
-        warmup_steps=hparams.warmup_ratio,  # a float below 1 is a fraction of the total steps
-        weight_decay=0.0,
-        max_length=hparams.max_length,
         assistant_only_loss=True,  # the loss covers assistant turns and their end token, as LLaVA's
-        bf16=bf16,
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         activation_checkpointing=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # without CUDA, processes launched together join a gloo group
         ddp_find_unused_parameters=False,  # every trainable parameter takes part in every step
-        # a checkpoint on a logging step: a resumed run's loss windows are an uninterrupted run's
-        logging_steps=math.gcd(5, save_steps) if save_steps else 5,
         save_strategy="steps" if save_steps else "no",  # checkpoints are what a killed run resumes from
         save_steps=save_steps or 500,
-        save_total_limit=2,  # the newest may be cut short by a kill; the one before is complete
         report_to="none",  # MLflow logging is ResumableMLflowCallback, which knows what a resumed run already holds
-        seed=hparams.seed,
-        dataloader_num_workers=0,
         disable_tqdm=False,
-        **overrides,
-    )
+    ) | overrides
+    if save_steps:  # a checkpoint on a logging step: a resumed run's loss windows are an uninterrupted run's
+        fields["logging_steps"] = math.gcd(fields["logging_steps"], save_steps)
+    try:
+        return SFTConfig(**fields)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{where}: SFTConfig refuses it: {str(err).splitlines()[0]}") from err
 
 
 def unwrap_causal_lm(model: torch.nn.Module):

@@ -18,6 +18,9 @@ def run(params: Params) -> None:
 
     hparams, cell = params.hparams.stage1, Cell.of(params)
     check_launch(hparams, f"presets.{params.preset_name}.stage1")
+    work, inputs = cell.trainer_dir("stage1"), [split_dir("stage1")]
+    args = sft_config(work, hparams, learning_rate=hparams.learning_rate, save_steps=params.stage1.save_steps,
+                      where=f"presets.{params.preset_name}.stage1")
     # seeded before the model is built, not only by the Trainer after: the projector's initialisation, LoRA's and
     # the new token rows of a hub LLM's embeddings are drawn before the Trainer exists
     set_seed(hparams.seed)
@@ -28,10 +31,8 @@ def run(params: Params) -> None:
     train_image_token_rows(model, processor.tokenizer)
     dataset = load_from_disk(str(split_dir("stage1")), keep_in_memory=True)  # no caches written into a DVC output
 
-    work, inputs = cell.trainer_dir("stage1"), [split_dir("stage1")]
     with resumable_run("stage1", params, name=f"stage1-{cell.backbone}", param_sections=("model",), hparams=hparams,
                        inputs=inputs, trainer_dir=work, fingerprint=fingerprint(params, inputs)) as resume, atomic_dir(cell.stage1_dir) as tmp:
-        args = sft_config(work, hparams, lr=hparams.lr, save_steps=params.stage1.save_steps)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                              callbacks=[ResumableMLflowCallback(resume.logged)])
         trainer.train(resume_from_checkpoint=resume.checkpoint)

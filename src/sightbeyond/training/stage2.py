@@ -13,9 +13,8 @@ LLM_LINEAR = r"layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)
 def lora_config(params: Params, modality: Modality):
     from peft import LoraConfig
 
-    lora = params.hparams.stage2.lora
     return LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
+        **params.hparams.stage2.lora.model_dump(), task_type="CAUSAL_LM",
         # the LLM's linear layers only: never CLIP's, whose layers have the same names
         target_modules=rf"model\.language_model\.{LLM_LINEAR}" if modality == "image" else rf"model\.{LLM_LINEAR}",
         modules_to_save=["multi_modal_projector"] if modality == "image" else None,  # the projector trains fully
@@ -33,12 +32,18 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     from sightbeyond.training.stepwise import StepwiseEval
 
     cfg, hparams, cell = params.stage2, params.hparams.stage2, Cell.of(params, tuning, modality)
+    # Training arguments: the libraries' own config objects, built (and so checked) before the model loads
     check_launch(hparams, f"presets.{params.preset_name}.stage2", stepwise=bool(cfg.stepwise_tasks))
+    work = cell.trainer_dir("stage2")
+    args = sft_config(work, hparams, learning_rate=getattr(hparams.learning_rate, tuning), save_steps=cfg.save_steps,
+                      where=f"presets.{params.preset_name}.stage2")
+    peft_config = lora_config(params, modality) if tuning == "lora" else None
     processing = load_processor(params) if modality == "image" else load_tokenizer(params)
     tokenizer = getattr(processing, "tokenizer", processing)
     # the step-wise tasks, metric and benchmark files are checked here, before the model loads or a run starts
     stepwise = StepwiseEval.from_params(params, tokenizer) if cfg.stepwise_tasks else None
-    # seeded before the model is built, not only by the Trainer after: the projector's initialisation, LoRA's and
+
+    # Model: seeded before it is built, not only by the Trainer after: the projector's initialisation, LoRA's and
     # the new token rows of a hub LLM's embeddings are drawn before the Trainer exists
     set_seed(hparams.seed)
     if modality == "image":
@@ -46,9 +51,12 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
         model.model.vision_tower.requires_grad_(False)
     else:
         model = load_llm(params, tokenizer)
-    dataset = load_from_disk(str(split_dir(modality, params.data)), keep_in_memory=True)  # TRL's map must not write caches into a DVC output
+
+    # Dataset: held in memory, so that TRL's map writes no caches into a DVC output
+    dataset = load_from_disk(str(split_dir(modality, params.data)), keep_in_memory=True)
+
+    # Training, resumed into the same run from the last complete checkpoint when a killed attempt left one
     inputs = [split_dir(modality, params.data)] + ([cell.stage1_dir] if modality == "image" else [])
-    work = cell.trainer_dir("stage2")
     launch = {"world_size": world_size(), "accelerate_plugin": accelerate_plugin() or "none"}
     with resumable_run("stage2", params, name=cell.run_name("stage2"), tags={"tuning": tuning, "modality": modality, **launch},
                        param_sections=("model", "stage2"), hparams=hparams, inputs=inputs, trainer_dir=work,
@@ -56,13 +64,14 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
         with atomic_dir(cell.stage2_dir) as tmp:
             if stepwise is not None:
                 stepwise.logged_through = resume.stepwise_logged_through  # the run already holds them
-            args = sft_config(work, hparams, lr=getattr(hparams.lr, tuning), save_steps=cfg.save_steps)
             trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing,
-                                 peft_config=lora_config(params, modality) if tuning == "lora" else None,
+                                 peft_config=peft_config,
                                  callbacks=[c for c in (stepwise, ResumableMLflowCallback(resume.logged)) if c])
             if hparams.mm_projector_lr and modality == "image":
                 with_projector_lr(trainer, hparams.mm_projector_lr)
             trainer.train(resume_from_checkpoint=resume.checkpoint)
+
+            # Save: the trainer's collective save (every process takes part under sharding)
             trainer.save_model(str(tmp))
             if stepwise is not None:
                 stepwise.move_best(tmp)  # out of the trainer directory, which goes once the run succeeds
