@@ -16,7 +16,7 @@ import pytest
 from sightbeyond.config import Params, load_params
 from sightbeyond.tasks import mme
 from sightbeyond.report import build, compare, tables
-from sightbeyond.report.runs import Cell, CellRuns, Results, latest
+from sightbeyond.report.reading import Cell, CellRuns, Results, latest
 from sightbeyond.config import Report
 from sightbeyond.report.stats import Bootstrap, mcnemar
 

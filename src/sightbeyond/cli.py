@@ -71,6 +71,58 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _stage(module: str, *fields: str):
+    """A stage's command: `sightbeyond.<module>.run(params, *args.<fields>)`, imported only when asked for."""
+    def call(params, args):
+        import importlib
+
+        importlib.import_module(f"sightbeyond.{module}").run(params, *(getattr(args, f) for f in fields))
+    return call
+
+
+def _check(params, args) -> None:
+    from sightbeyond.model.weights import resolve_backbone
+
+    print(resolve_backbone(params))
+
+
+def _chain(params, args) -> int:
+    import json
+    import subprocess
+
+    targets = ["eval_nlp_base", "eval_nlp"] + (["eval_mm"] if args.modality == "image" else [])
+    sets = [f"-S{key}={json.dumps(value)}" for key, value in args.overrides.items()]
+    return subprocess.run(["dvc", "exp", "run", *sets, *targets]).returncode
+
+
+def _import_released(params, args) -> None:
+    from sightbeyond.model.released import extract_released_llm
+
+    out = args.out or Path("models/released") / args.src.name
+    try:
+        imported = extract_released_llm(args.src, out / "llm", projector_out=out / "projector")
+    except ValueError as err:  # not a checkpoint we can read: the user's to fix
+        raise ConfigError(str(err)) from None
+    print(f"{out / 'llm'}: LlamaForCausalLM, vocabulary {imported.vocab_size}, projector {imported.projector_type}; "
+          f"evaluate it with `sightbeyond -S backbone={out / 'llm'} eval_nlp --model base`")
+
+
+def _compare(params, args) -> None:
+    from sightbeyond.report.compare import main as compare
+
+    compare(args, params.tracking.experiment)
+
+
+COMMANDS = {
+    "synth": _stage("data.shapesworld"), "backbone": _stage("model.backbone"), "check": _check,
+    "subsets": _stage("data.subsets"), "prepare": _stage("data.prepare", "split"), "stage1": _stage("training.stage1"),
+    "stage2": _stage("training.stage2", "tuning", "modality"), "extract": _stage("model.extract", "tuning", "modality"),
+    "eval_nlp": _stage("evaluation.nlp_stage", "model"), "eval_mm": _stage("evaluation.mm_stage", "tuning"),
+    "chain": _chain, "import_released": _import_released, "report": _stage("report.build"), "compare": _compare,
+    "preview": _stage("training.preview", "split", "n", "json"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -80,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides |= {"backbone": args.backbone, "grid.tuning": [args.tuning], "grid.modality": [args.modality],
                           "grid.data": [args.data], "preset": None if args.preset == "backbone" else args.preset}
         params = load_params(overrides=overrides)
+        args.overrides = overrides
         params._command_line = frozenset(_overrides(args.set))
         if args.command == "check":  # the recipe first: it needs no weights
             from sightbeyond.model.weights import image_tokens
@@ -95,82 +148,12 @@ def main(argv: list[str] | None = None) -> int:
             from sightbeyond.model.weights import resolve_llm
 
             resolve_llm(params)
-        match args.command:
-            case "synth":
-                from sightbeyond.data.shapesworld import generate
-
-                generate(params.synth, Path("data/shapesworld"))
-            case "backbone":
-                from sightbeyond.model.backbone import run
-
-                run(params)
-            case "check":
-                from sightbeyond.model.weights import resolve_backbone
-
-                print(resolve_backbone(params))
-            case "subsets":
-                from sightbeyond.data.subsets import run
-
-                run(params)
-            case "prepare":
-                from sightbeyond.data.prepare import run
-
-                run(params, args.split)
-            case "stage1":
-                from sightbeyond.training.stage1 import run
-
-                run(params)
-            case "stage2":
-                from sightbeyond.training.stage2 import run
-
-                run(params, args.tuning, args.modality)
-            case "extract":
-                from sightbeyond.model.extract import run
-
-                run(params, args.tuning, args.modality)
-            case "eval_nlp":
-                from sightbeyond.evaluation.nlp_stage import run
-
-                run(params, args.model)
-            case "eval_mm":
-                from sightbeyond.evaluation.mm_stage import run
-
-                run(params, args.tuning)
-            case "chain":
-                import json
-                import subprocess
-
-                targets = ["eval_nlp_base", "eval_nlp"] + (["eval_mm"] if args.modality == "image" else [])
-                sets = [f"-S{key}={json.dumps(value)}" for key, value in overrides.items()]
-                return subprocess.run(["dvc", "exp", "run", *sets, *targets]).returncode
-            case "import_released":
-                from sightbeyond.model.released import extract_released_llm
-
-                out = args.out or Path("models/released") / args.src.name
-                try:
-                    imported = extract_released_llm(args.src, out / "llm", projector_out=out / "projector")
-                except ValueError as err:  # not a checkpoint we can read: the user's to fix
-                    raise ConfigError(str(err)) from None
-                print(f"{out / 'llm'}: LlamaForCausalLM, vocabulary {imported.vocab_size}, projector {imported.projector_type}; "
-                      f"evaluate it with `sightbeyond -S backbone={out / 'llm'} eval_nlp --model base`")
-            case "report":
-                from sightbeyond.report.build import run
-
-                run(params)
-            case "compare":
-                from sightbeyond.report.compare import main as compare
-
-                compare(args, params.tracking.experiment)
-            case "preview":
-                from sightbeyond.training.preview import run
-
-                run(params, args.split, args.n, as_json=args.json)
+        return COMMANDS[args.command](params, args) or 0
     except (ConfigError, MissingWeightsError, BadRecord, MalformedFile, NotWritable, FileNotFoundError,
             PermissionError) as err:
         # the user's to fix: one line, no traceback
         print(f"sightbeyond {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -203,6 +203,10 @@ def pope_questions(scenes: dict[str, list[Shape]], rng: random.Random) -> dict[s
     return splits
 
 
+def run(params) -> None:
+    generate(params.synth, Path("data/shapesworld"))
+
+
 def generate(cfg: Synth, out: Path) -> None:
     """Write the whole ShapesWorld release to `out` (atomically)."""
     from sightbeyond.data.nlp_fixtures import write_nlp_fixtures

@@ -22,10 +22,10 @@ from transformers import (
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from sightbeyond.config import ConfigError, Modality, Params, Tuning
+from sightbeyond.data.llava_format import IMAGE_TOKEN
 from sightbeyond.layout import BEST, Cell
 from sightbeyond.model.weights import resolve_backbone, resolve_llm
 
-IMAGE_TOKEN = "<image>"
 # LLaVA v1's `mm_use_im_start_end`: each image's patch tokens between two added tokens
 IMAGE_START, IMAGE_END = "<im_start>", "<im_end>"
 PROJECTOR_FILE = "projector.safetensors"

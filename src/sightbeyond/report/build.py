@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from sightbeyond.report import compare, figures, tables
-from sightbeyond.report.runs import NONE, Results, latest
+from sightbeyond.report.reading import NONE, Results, latest
 from sightbeyond.config import Report
 from sightbeyond.report.stats import Bootstrap
 

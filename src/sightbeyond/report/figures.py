@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from sightbeyond.report.runs import Cell, Results
+from sightbeyond.report.reading import Cell, Results
 from sightbeyond.report.stats import Bootstrap, stars
 from sightbeyond.report.tables import SPECS, paper_numbers, read_paper, scale
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sightbeyond.report.runs import NONE, Cell, Results
+from sightbeyond.report.reading import NONE, Cell, Results
 from sightbeyond.report.stats import Bootstrap, Comparison, Estimate, relative_change, stars
 
 PAPER = Path(__file__).parent / "paper"
@@ -244,11 +244,6 @@ def to_csv(table: Table) -> str:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(grid(table))
     return out.getvalue()
-
-
-TIDY_COLUMNS = ("table", "row", "backbone", "tuning", "modality", "data", "metric", "value", "ci_low", "ci_high",
-                "against", "delta", "delta_ci_low", "delta_ci_high", "p_value", "test", "n_docs", "paper_value",
-                "paper_delta", "run_id")
 
 
 def tidy(table: Table, results: Results) -> list[dict]:

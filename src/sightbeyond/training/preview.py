@@ -26,7 +26,7 @@ def encode(processing, rows: list[dict], max_length: int) -> tuple[list[list[int
     return ids, labels
 
 
-def run(params: Params, split: str, n: int, *, as_json: bool) -> None:
+def run(params: Params, split: str, n: int, as_json: bool) -> None:
     from datasets import load_from_disk
 
     from sightbeyond.model.llava import load_processor, load_tokenizer

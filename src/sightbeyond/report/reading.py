@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from sightbeyond.config import ConfigError
-from sightbeyond.report import docs as per_doc
+from sightbeyond.report import per_document as per_doc
 from sightbeyond.report.stats import (Bootstrap, Comparison, Contrast, Docs, Estimate, bootstrap, difference,
                                       paired_bootstrap)
 
