@@ -6,14 +6,16 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import get_args
 
-from sightbeyond.config import ConfigError, load_params, project_root
+from sightbeyond.config import ConfigError, InstructData, Modality, Tuning, load_params, project_root
 from sightbeyond.data.llava_format import BadRecord
 from sightbeyond.model.weights import MissingWeightsError
 from sightbeyond.tasks.local_docs import MalformedFile
 from sightbeyond.io import NotWritable
 
-VARIANTS = ("lora-image", "lora-text", "ft-image", "ft-text")
+TUNINGS, MODALITIES = get_args(Tuning), get_args(Modality)
+VARIANTS = tuple(f"{t}-{m}" for t in TUNINGS for m in MODALITIES)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,17 +34,17 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("stage1", help="train the projector")
     for name, help_ in (("stage2", "visual instruction tuning"), ("extract", "the tuned LLM alone, LoRA merged")):
         s = sub.add_parser(name, help=help_)
-        s.add_argument("--tuning", choices=("lora", "ft"), required=True)
-        s.add_argument("--modality", choices=("image", "text"), required=True)
+        s.add_argument("--tuning", choices=TUNINGS, required=True)
+        s.add_argument("--modality", choices=MODALITIES, required=True)
     s = sub.add_parser("eval_nlp", help="lm-evaluation-harness on an LLM")
     s.add_argument("--model", required=True, choices=("base", *VARIANTS))
     s = sub.add_parser("eval_mm", help="the multimodal benchmarks (MME, POPE, captions, COCO-C, Unicorn) on an image-tuned model")
-    s.add_argument("--tuning", choices=("lora", "ft"), required=True)
+    s.add_argument("--tuning", choices=TUNINGS, required=True)
     s = sub.add_parser("chain", help="one backbone's chain as a DVC experiment (the MLproject entry point)")
     s.add_argument("--backbone", required=True)
-    s.add_argument("--tuning", choices=("lora", "ft"), required=True)
-    s.add_argument("--modality", choices=("image", "text"), required=True)
-    s.add_argument("--data", choices=("full", "conversation", "detail", "reasoning", "random20k"), required=True)
+    s.add_argument("--tuning", choices=TUNINGS, required=True)
+    s.add_argument("--modality", choices=MODALITIES, required=True)
+    s.add_argument("--data", choices=get_args(InstructData), required=True)
     s.add_argument("--preset", default="backbone", help="a key of presets, or `backbone` for the backbone's own")
     s = sub.add_parser("import_released", help="a checkpoint in LLaVA's training layout: its LLM (and projector) for evaluation")
     s.add_argument("--src", type=Path, required=True, help="the released checkpoint directory")
