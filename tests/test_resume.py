@@ -120,3 +120,13 @@ def test_an_evaluation_killed_midway_leaves_nothing_complete_and_its_rerun_ends_
     statuses = sorted(r.info.status for r in client.search_runs([experiment.experiment_id]))
     assert statuses == ["FINISHED", "KILLED"]
     assert (root / "results/eval_nlp/tiny-base.json").is_file() and (root / "predictions/eval_nlp/tiny-base").is_dir()
+
+
+def test_the_resume_fingerprint_follows_what_changes_training(params_for, tmp_path):
+    """A report or multimodal-evaluation setting does not make a killed run start afresh; a training setting does."""
+    from sightbeyond.training.resume import fingerprint
+
+    base = fingerprint(params_for(), [tmp_path], tuning="lora", modality="text")
+    assert fingerprint(params_for(**{"report.resamples": 10, "eval_mm.batch_size": 2}), [tmp_path],
+                       tuning="lora", modality="text") == base
+    assert fingerprint(params_for(**{"presets.tiny.stage2.seed": 1}), [tmp_path], tuning="lora", modality="text") != base

@@ -38,13 +38,16 @@ class Resume:
 
 
 def fingerprint(params: Params, inputs: list[Path], **what) -> str:
-    """What makes two runs the same run: every parameter, and each input's DVC hash and newest modification time."""
+    """What makes two runs the same run: every parameter that can change training (not the report's, the
+    multimodal evaluation's or which other cells the grid holds), and each input's DVC hash and newest modification
+    time."""
     from sightbeyond.tracking.runs import dvc_hashes
 
     hashes = dvc_hashes(inputs)
     state = {str(p): (hashes.get(str(p)), max((f.stat().st_mtime_ns for f in Path(p).rglob("*")), default=None))
              for p in inputs}
-    blob = json.dumps({"params": params.model_dump(mode="json"), "inputs": state, **what}, sort_keys=True, default=str)
+    settings = params.model_dump(mode="json", exclude={"report", "eval_mm", "grid"})
+    blob = json.dumps({"params": settings, "inputs": state, **what}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
