@@ -40,6 +40,18 @@ def test_a_stage_logs_through_the_server_and_the_report_reads_it_back(tiny_proje
 
 
 @pytest.mark.slow
+def test_stage2_trains_through_the_server(tiny_project, server):
+    """A training run's tags and params reach a REST store, which takes strings only (a SQLite file converts)."""
+    from mlflow import MlflowClient
+
+    root = tiny_project(**{"presets.tiny.stage2.max_steps": 2, "stage2.stepwise_tasks": []})
+    run_cli(root, "stage2", "--tuning", "lora", "--modality", "text", store=server.uri)
+    client = MlflowClient(server.uri)
+    [run] = client.search_runs([client.get_experiment_by_name("sight-beyond-text").experiment_id], "tags.stage = 'stage2'")
+    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "1" and "loss" in run.data.metrics
+
+
+@pytest.mark.slow
 def test_a_failed_run_resumes_into_the_same_run_on_the_server(params_for, server, monkeypatch):
     import mlflow
 

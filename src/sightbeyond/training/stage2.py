@@ -57,7 +57,7 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
 
     # Training, resumed into the same run from the last complete checkpoint when a killed attempt left one
     inputs = [split_dir(modality, params.data)] + ([cell.stage1_dir] if modality == "image" else [])
-    launch = {"world_size": world_size(), "accelerate_plugin": accelerate_plugin() or "none"}
+    launch = {"world_size": str(world_size()), "accelerate_plugin": accelerate_plugin() or "none"}
     with resumable_run("stage2", params, name=cell.run_name("stage2"), tags={"tuning": tuning, "modality": modality, **launch},
                        param_sections=("model", "stage2"), hparams=hparams, inputs=inputs, trainer_dir=work,
                        fingerprint=fingerprint(params, inputs, tuning=tuning, modality=modality)) as resume:
