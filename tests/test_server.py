@@ -48,7 +48,7 @@ def test_stage2_trains_through_the_server(tiny_project, server):
     run_cli(root, "stage2", "--tuning", "lora", "--modality", "text", store=server.uri)
     client = MlflowClient(server.uri)
     [run] = client.search_runs([client.get_experiment_by_name("sight-beyond-text").experiment_id], "tags.stage = 'stage2'")
-    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "1" and "loss" in run.data.metrics
+    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "1" and "train_loss" in run.data.metrics
 
 
 @pytest.mark.slow
