@@ -92,6 +92,6 @@ def test_a_server_on_postgresql_logs_the_pipeline_and_loses_nothing(tiny_project
         [run] = client.search_runs([client.get_experiment_by_name("sight-beyond-text").experiment_id])
         assert run.info.status == "FINISHED" and run.data.metrics["ethics_commonsense/acc"] >= 0
         assert list((server.folder / "artifacts").rglob("predictions/ethics_cm.jsonl"))
-        outcome = run_writers(server.uri, "concurrency", writers=4, steps=50)
+        outcome = run_writers(server.uri, "concurrency", writers=4, steps=20)
     assert outcome["errors"] == [] and outcome["finished"] == outcome["runs"] == 4
     assert outcome["missing"] == outcome["duplicated"] == 0
