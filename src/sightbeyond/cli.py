@@ -125,6 +125,14 @@ COMMANDS = {
 }
 
 
+def _leave_process_group() -> None:
+    """Every process of a launched stage leaves its gloo/NCCL group before exit, where its threads would abort."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -156,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         # the user's to fix: one line, no traceback
         print(f"sightbeyond {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ def accelerate_plugin() -> str | None:
 
 
 def check_launch(hparams: Stage1Hparams | Stage2Hparams, where: str, *, stepwise: bool = False) -> None:
-    """Refuses, before the model loads, a launch that would not train as its accelerate config says."""
-    hparams.grad_accum(world_size(), where)
+    """Refuses, before the model loads, a launch that would not train as its accelerate config says (a global batch
+    the processes cannot share is sft_config's to refuse)."""
     plugin = accelerate_plugin()
     if stepwise and plugin in ("FSDP", "DeepSpeed ZeRO-3"):
         # the evaluator runs the LLM outside the trainer's forward, where sharded parameters are never gathered

@@ -78,6 +78,3 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
             if is_main_process():
                 processing.save_pretrained(str(tmp))
         logged_model(params, cell.stage2_dir, name=cell.run_name("stage2"), model_type="stage2")  # the weights, as DVC holds them
-    from accelerate import PartialState
-
-    PartialState().destroy_process_group()  # every process leaves the gloo/NCCL group before exit, or its threads abort
