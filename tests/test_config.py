@@ -23,6 +23,8 @@ def test_the_repo_params_are_valid():
     ({"grid.tuning": ["qlora"]}, "qlora"),              # bad value
     ({"backbone": "gpt5"}, "gpt5"),                     # backbone not in the registry
     ({"eval_nlp.source": "local"}, "local_root"),       # local source without its files
+    ({"eval_mm.corruptions": ["fog", "rain"]}, "unknown corruption 'rain'"),   # imagecorruptions' own names
+    ({"eval_mm.mme_exclude": ["ocr"]}, "unknown MME subtask 'ocr'"),          # the MME module's
 ])
 def test_bad_params_fail_at_load(override, message):
     with pytest.raises(ConfigError, match=message):

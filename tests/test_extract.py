@@ -5,17 +5,24 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-from sightbeyond.model.llava import build_llava, language_model_view, load_tokenizer
+from sightbeyond.layout import Cell
+from sightbeyond.model import extract
+from sightbeyond.model.llava import build_llava, load_processor, save_projector
 
 
-def test_extracted_llm_matches_llava_language_model(params_for, tmp_path):
-    from peft import PeftModel, get_peft_model
+def test_extracted_llm_matches_llava_language_model(params_for, mlflow_store, tmp_path, monkeypatch):
+    from peft import get_peft_model
 
     from sightbeyond.training.stage2 import lora_config
 
+    monkeypatch.chdir(tmp_path)
     params = params_for()
-    tokenizer = load_tokenizer(params)
+    processor = load_processor(params)
+    tokenizer = processor.tokenizer
     llava = build_llava(params, tokenizer)
+    stage1 = Cell.of(params).stage1_dir
+    stage1.mkdir(parents=True)
+    save_projector(llava, llava.state_dict(), stage1, tokenizer)  # what stage 1 leaves
     peft = get_peft_model(llava, lora_config(params, "image"))
     assert not any("vision_tower" in n for n, _ in peft.named_modules() if "lora_A" in n)  # LoRA on the LLM only
     with torch.no_grad():
@@ -26,13 +33,15 @@ def test_extracted_llm_matches_llava_language_model(params_for, tmp_path):
     peft.eval()
     with torch.no_grad():
         expected = peft(input_ids=ids).logits
-        merged = peft.merge_and_unload()
-        language_model_view(merged).save_pretrained(tmp_path / "llm")
-    tokenizer.save_pretrained(tmp_path / "llm")
-    extracted = AutoModelForCausalLM.from_pretrained(tmp_path / "llm").eval()
+    cell = Cell.of(params, "lora", "image")
+    peft.save_pretrained(cell.stage2_dir)  # what stage 2 leaves: the adapter and the processor
+    processor.save_pretrained(cell.stage2_dir)
+
+    extract.run(params, "lora", "image")
+
+    extracted = AutoModelForCausalLM.from_pretrained(cell.extracted_dir).eval()
     assert type(extracted).__name__ == "LlamaForCausalLM"
-    assert not any("vision" in k or "projector" in k for k in extracted.state_dict())
+    assert not any("vision" in k or "projector" in k or "lora" in k for k in extracted.state_dict())
     with torch.no_grad():
         got = extracted(input_ids=ids).logits
-    assert not isinstance(merged, PeftModel)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

@@ -15,8 +15,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sightbeyond.data.nlp_fixtures import MMLU_SUBJECTS, write_nlp_fixtures
 from sightbeyond.tasks import squad_v2
+from sightbeyond.tasks.lm_eval_index import leaves, official_config
 from sightbeyond.tasks.nlp import (
-    benchmarks, evaluate_llm, evaluate_loaded, leaves, load_tasks, metric_names, metrics_from_results,
+    benchmarks, evaluate_llm, evaluate_loaded, load_tasks, metric_names, metrics_from_results,
     official_task_manager, task_manager,
 )
 
@@ -183,12 +184,10 @@ def _hub_docs(reader: str, path: Path, subject: str | None) -> list[dict]:
 def _official(bench, root: Path) -> dict:
     """lm-eval's own tasks for `bench` (the leaves of a group), the paper's shots, fed the hub docs built above."""
     import lm_eval.tasks
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     index = official_task_manager().task_index
     tasks = {}
     for leaf in leaves(index, bench.task):
-        config = load_yaml(index[leaf].yaml_path, resolve_func=True)
+        config = official_config(index, leaf)
         files = {split: root / rel.format(dataset_name=config.get("dataset_name")) for split, rel in bench.files.items()}
         hub = DatasetDict({split: Dataset.from_list(_hub_docs(bench.reader, path, config.get("dataset_name")))
                            for split, path in files.items()})
@@ -226,8 +225,6 @@ def _close(a, b) -> bool:
 
 @pytest.mark.parametrize("name", ALL)
 def test_local_source_is_the_official_task(fixtures, hflm, name):
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     root, _ = fixtures
     bench = benchmarks()[name]
     local = load_tasks([name], "fixture", root)
@@ -236,7 +233,7 @@ def test_local_source_is_the_official_task(fixtures, hflm, name):
 
     index, mine = official_task_manager().task_index, task_manager([name], "fixture", root).task_index
     for leaf in local["tasks"]:
-        theirs = load_yaml(index[leaf].yaml_path, resolve_func=True)
+        theirs = official_config(index, leaf)
         changed = {key for key in mine[leaf].cfg.keys() | theirs.keys() if mine[leaf].cfg.get(key) != theirs.get(key)}
         assert changed <= DATA_SOURCE_KEYS, changed
 
@@ -254,12 +251,10 @@ def test_local_source_is_the_official_task(fixtures, hflm, name):
 
 
 def test_hub_source_is_lm_evals_own_task_with_the_papers_shots():
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     index, manager = official_task_manager().task_index, task_manager(ALL, "hub", None)
     for bench in benchmarks().values():
         for leaf in leaves(manager.task_index, bench.task):
-            official = load_yaml(index[leaf].yaml_path, resolve_func=True)
+            official = official_config(index, leaf)
             assert manager.task_index[leaf].cfg == official | {"num_fewshot": bench.num_fewshot}
     assert manager.task_index["mmlu_anatomy"].cfg["dataset_path"] == "cais/mmlu"
 
@@ -506,3 +501,15 @@ def test_eval_runs_record_what_they_measured(params_for, tmp_path):
                                   "eval_nlp.add_bos_token": False}), tokenizer)["add_bos_token"] == "False"
     (tmp_path / "ethics/commonsense/cm_test.csv").write_text("label,input,is_short,edited\n1,changed,True,False\n")
     assert measured(params, tokenizer)["eval_data"] != tags["eval_data"]  # other documents, another hash
+
+
+def test_an_lm_eval_without_the_task_index_this_project_reads_is_named(tmp_path, monkeypatch):
+    """lm-eval's task index is private: a release that moves it fails before any model loads, saying what to install."""
+    import sys
+
+    from sightbeyond.tasks.lm_eval_index import UnsupportedLmEval
+    from sightbeyond.tasks.nlp import check_files
+
+    monkeypatch.setitem(sys.modules, "lm_eval.tasks._index", None)  # as if a release had renamed it
+    with pytest.raises(UnsupportedLmEval, match=r"pip install lm_eval==0\.4\.13"):
+        check_files(["ethics_cm"], "fixture", tmp_path)

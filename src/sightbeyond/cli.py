@@ -11,8 +11,9 @@ from typing import get_args
 from sightbeyond.config import ConfigError, InstructData, Modality, Tuning, load_params, project_root
 from sightbeyond.data.llava_format import BadRecord
 from sightbeyond.model.weights import MissingWeightsError
-from sightbeyond.tasks.local_docs import MalformedFile
 from sightbeyond.io import NotWritable
+from sightbeyond.tasks.lm_eval_index import UnsupportedLmEval
+from sightbeyond.tasks.local_docs import MalformedFile
 
 TUNINGS, MODALITIES = get_args(Tuning), get_args(Modality)
 VARIANTS = tuple(f"{t}-{m}" for t in TUNINGS for m in MODALITIES)
@@ -159,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
             resolve_llm(params)
         return COMMANDS[args.command](params, args) or 0
-    except (ConfigError, MissingWeightsError, BadRecord, MalformedFile, NotWritable, FileNotFoundError,
-            PermissionError) as err:
+    except (ConfigError, MissingWeightsError, BadRecord, MalformedFile, NotWritable, UnsupportedLmEval,
+            FileNotFoundError, PermissionError) as err:
         # the user's to fix: one line, no traceback
         print(f"sightbeyond {args.command}: error: {err}", file=sys.stderr)
         return 2

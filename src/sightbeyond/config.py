@@ -11,16 +11,16 @@ from typing import Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, PrivateAttr, ValidationError,
-                      model_validator)
+                      field_validator, model_validator)
+
+from sightbeyond.io import ConfigError
+from sightbeyond.tasks.corruptions import corruption_names
+from sightbeyond.tasks.mme import COGNITION, PERCEPTION
 
 Tuning = Literal["lora", "ft"]
 Modality = Literal["image", "text"]
 InstructData = Literal["full", "conversation", "detail", "reasoning", "random20k"]
 Template = Literal["plain", "v0", "v1", "llama_2", "chatml"]
-
-
-class ConfigError(ValueError):
-    pass
 
 
 class Strict(BaseModel):
@@ -68,22 +68,22 @@ class Grid(Strict):
 
 
 class Tracking(Strict):
-    experiment: str = "sight-beyond-text"
+    experiment: str
 
 
 class Synth(Strict):
-    seed: int = 0
-    image_size: PositiveInt = 64
-    max_shapes: PositiveInt = 3
+    seed: int
+    image_size: PositiveInt
+    max_shapes: PositiveInt
     stage1_pairs: PositiveInt
     conversation: PositiveInt
     detail: PositiveInt
     complex_reasoning: PositiveInt
     pope_images: PositiveInt
-    nlp_fixture_rows: PositiveInt = 24
-    mme_images: PositiveInt = 4             # per MME subtask, two questions each
-    caption_images: PositiveInt = 20        # per Karpathy split (test, train) of COCO and of Flickr30k
-    unicorn_images: PositiveInt = 40        # per Unicorn task (OODCV-VQA, Sketchy-VQA)
+    nlp_fixture_rows: PositiveInt
+    mme_images: PositiveInt             # per MME subtask, two questions each
+    caption_images: PositiveInt        # per Karpathy split (test, train) of COCO and of Flickr30k
+    unicorn_images: PositiveInt        # per Unicorn task (OODCV-VQA, Sketchy-VQA)
 
 
 class TinyLLM(Strict):
@@ -107,15 +107,18 @@ class Pretrain(Strict):
     steps: PositiveInt
     batch_size: PositiveInt
     lr: PositiveFloat
-    seq_len: PositiveInt = 96
+
+
+class TextPretrain(Pretrain):
+    seq_len: PositiveInt
 
 
 class TinyBackbone(Strict):
-    seed: int = 0
+    seed: int
     vocab_size: PositiveInt
     llm: TinyLLM
-    llm_pretrain: Pretrain
-    grounded_scenes: NonNegativeInt = 0  # scenes described in words then asked about, added to the LLM's pretraining
+    llm_pretrain: TextPretrain
+    grounded_scenes: NonNegativeInt  # scenes described in words then asked about, added to the LLM's pretraining
     clip: TinyCLIP
     clip_pretrain: Pretrain
 
@@ -125,27 +128,27 @@ class Prepare(Strict):
     stage1_images: Path
     instruct_dir: Path
     instruct_images: Path
-    on_bad_record: Literal["error", "skip"] = "error"
+    on_bad_record: Literal["error", "skip"]
 
 
 class Subsets(Strict):
-    size: PositiveInt = 20000
-    seed: int = 0
+    size: PositiveInt
+    seed: int
 
 
 class Report(Strict):
-    git_commit: str | None = None  # only runs of this commit (a prefix of their tag git_commit); null: any
-    dvc_exp: str | None = None  # only runs of this DVC experiment (tag dvc_exp); null: any
-    data: InstructData = "full"  # the tables' tuning data
-    resamples: PositiveInt = 2000  # bootstrap resamples per interval
-    seed: int = 0
-    confidence: float = Field(0.95, gt=0, lt=1)
+    git_commit: str | None  # only runs of this commit (a prefix of their tag git_commit); null: any
+    dvc_exp: str | None  # only runs of this DVC experiment (tag dvc_exp); null: any
+    data: InstructData  # the tables' tuning data
+    resamples: PositiveInt  # bootstrap resamples per interval
+    seed: int
+    confidence: float = Field(gt=0, lt=1)
 
 
 class ModelCfg(Strict):
-    projector: Literal["linear", "mlp2x_gelu"] = "linear"
-    vision_feature_layer: int = -2
-    image_start_end: bool | None = None     # <im_start>/<im_end> around each image's tokens; null: the preset's
+    projector: Literal["linear", "mlp2x_gelu"]
+    vision_feature_layer: int
+    image_start_end: bool | None     # <im_start>/<im_end> around each image's tokens; null: the preset's
 
 
 class TrainingArgs(Strict):
@@ -217,18 +220,17 @@ class Preset(Strict):
 
 
 class Stage1(Strict):
-    save_steps: PositiveInt | None = None  # checkpoint every this many steps (null: none); a killed run resumes from one
+    save_steps: PositiveInt | None  # checkpoint every this many steps (null: none); a killed run resumes from one
 
 
 class Stage2(Strict):
-    save_steps: PositiveInt | None = None
+    save_steps: PositiveInt | None
     # loglikelihood benchmarks of eval_nlp (Figure 4: TruthfulQA-mc1 and ETHICS)
-    stepwise_tasks: list[str] = ["truthfulqa_mc1", "ethics_cm", "ethics_deontology", "ethics_justice",
-                                 "ethics_utilitarianism", "ethics_virtue"]
-    best_metric: str | None = None          # a step-wise metric, e.g. truthfulqa_mc1/acc: keep the model where it peaks
+    stepwise_tasks: list[str]
+    best_metric: str | None          # a step-wise metric, e.g. truthfulqa_mc1/acc: keep the model where it peaks
     # a seeded share of the step-wise tasks' documents that only chooses that step: kept out of every reported score
     # (eval_nlp too); null: the step is chosen on the reported documents themselves, and the report says so
-    selection_holdout: float | None = Field(None, gt=0, lt=1)
+    selection_holdout: float | None = Field(gt=0, lt=1)
 
     @model_validator(mode="after")
     def _holdout_needs_a_metric(self):
@@ -240,13 +242,13 @@ class Stage2(Strict):
 
 
 class EvalNLP(Strict):
-    source: Literal["hub", "local", "fixture"] = "fixture"
-    local_root: str | None = None
+    source: Literal["hub", "local", "fixture"]
+    local_root: str | None
     tasks: list[str]
-    batch_size: PositiveInt = 16
-    limit: PositiveInt | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # of the base LLM and of every tuned one alike
-    add_bos_token: bool | None = None       # null: the tokenizer's own (lm-eval 0.4.13); false: the 2023 harness's
+    batch_size: PositiveInt
+    limit: PositiveInt | None
+    dtype: Literal["float32", "bfloat16", "float16"]  # of the base LLM and of every tuned one alike
+    add_bos_token: bool | None       # null: the tokenizer's own (lm-eval 0.4.13); false: the 2023 harness's
 
     @model_validator(mode="after")
     def _local_needs_root(self):
@@ -258,9 +260,7 @@ class EvalNLP(Strict):
 class EvalMM(Strict):
     benchmarks: list[Literal["mme", "pope", "coco", "flickr30k", "coco_c", "unicorn"]]
     mme_dir: Path
-    mme_exclude: list[Literal["existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
-                              "artwork", "OCR", "commonsense_reasoning", "numerical_calculation", "text_translation",
-                              "code_reasoning"]] = []
+    mme_exclude: list[str]              # MME subtasks left out
     pope_dir: Path
     pope_images: Path
     splits: list[Literal["random", "popular", "adversarial"]]
@@ -269,21 +269,29 @@ class EvalMM(Strict):
     flickr30k_karpathy: Path
     flickr30k_images: Path
     caption_prompt: str
-    caption_examples: int = 3               # text-only in-context examples
-    caption_max_new_tokens: PositiveInt = 10  # the authors' (their evaluate.py's --max_generation_length default)
-    corruptions: list[Literal["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-                              "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform",
-                              "pixelate", "jpeg_compression", "speckle_noise", "gaussian_blur", "spatter", "saturate"]]
+    caption_examples: int               # text-only in-context examples
+    caption_max_new_tokens: PositiveInt  # the authors' (their evaluate.py's --max_generation_length default)
+    corruptions: list[str]              # imagecorruptions' names
     severities: list[Literal[1, 2, 3, 4, 5]]
     unicorn_dir: Path
-    max_new_tokens: PositiveInt = 16
-    batch_size: PositiveInt = 32
-    do_sample: bool = False                 # the authors sampled: top_k 50, temperature 0.2, one beam, seed 42
-    top_k: PositiveInt = 50
-    temperature: PositiveFloat = 0.2
-    num_beams: PositiveInt = 1
-    seed: int = 42
-    template: Template | None = None        # the conversation template asked in; null: the model's own (stage 2's)
+    max_new_tokens: PositiveInt
+    batch_size: PositiveInt
+    do_sample: bool                 # the authors sampled: top_k 50, temperature 0.2, one beam, seed 42
+    top_k: PositiveInt
+    temperature: PositiveFloat
+    num_beams: PositiveInt
+    seed: int
+    template: Template | None        # the conversation template asked in; null: the model's own (stage 2's)
+
+    @field_validator("mme_exclude")
+    @classmethod
+    def _mme_subtasks(cls, names: list[str]) -> list[str]:
+        return _known(names, PERCEPTION + COGNITION, "MME subtask")
+
+    @field_validator("corruptions")
+    @classmethod
+    def _imagecorruptions(cls, names: list[str]) -> list[str]:
+        return _known(names, corruption_names(), "corruption")
 
     @model_validator(mode="after")
     def _coco_c_needs_coco(self):
@@ -294,6 +302,12 @@ class EvalMM(Strict):
         return self
 
 
+def _known(names: list[str], known, what: str) -> list[str]:
+    if unknown := [n for n in names if n not in known]:
+        raise ValueError(f"unknown {what} {unknown[0]!r}; known: {', '.join(known)}")
+    return names
+
+
 class Params(Strict):
     # `-S` overrides given on the command line, past what dvc.yaml itself passes (`data`): a run whose settings are
     # not params.yaml's, whose results stay out of the pipeline's tracked files
@@ -301,8 +315,8 @@ class Params(Strict):
 
     backbone: str
     data: InstructData = "full"  # the instruction set one command works on; dvc.yaml passes each of grid.data
-    launch: str = "sightbeyond"  # the training stages' command in dvc.yaml (`accelerate launch ... -m sightbeyond`)
-    preset: str | None = None
+    launch: str  # the training stages' command in dvc.yaml (`accelerate launch ... -m sightbeyond`)
+    preset: str | None
     grid: Grid
     backbones: dict[str, Backbone]
     presets: dict[str, Preset]

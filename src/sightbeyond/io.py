@@ -12,6 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+class ConfigError(ValueError):
+    """Settings the user must change; here, below every module that raises it (config, the benchmark libraries)."""
+
+
 def is_main_process() -> bool:
     """True except in the non-main processes of a distributed run (`accelerate launch`, torchrun)."""
     return int(os.environ.get("RANK", "0")) == 0

@@ -11,7 +11,6 @@ functions: the CLI imports this module.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
@@ -24,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from sightbeyond.config import ConfigError
+from sightbeyond.io import ConfigError
+from sightbeyond.tasks.lm_eval_index import leaves, official_config, set_config
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
@@ -98,30 +98,25 @@ def task_manager(names: Iterable[str], source: Source, data_root: Path | None) -
     """lm-eval's TaskManager over the official configs, the leaf tasks of `names` set to the paper's shots and, for
     the local sources, to the release files under `data_root`. Every file is read (and checked) when its task is
     built; a missing one raises FileNotFoundError naming the benchmark and the file."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     benches = select(names)
     manager = official_task_manager(benches)
     index = manager.task_index
     for bench in benches:
         for leaf in leaves(index, bench.task):
-            entry = index[leaf]
-            config = load_yaml(entry.yaml_path, resolve_func=True) | {"num_fewshot": bench.num_fewshot}
+            config = official_config(index, leaf) | {"num_fewshot": bench.num_fewshot}
             if source != "hub":
                 config = _local(bench, config, Path(data_root))
-            index[leaf] = dataclasses.replace(entry, yaml_path=None, cfg=config)
+            set_config(index, leaf, config)
     return manager
 
 
 def _leaf_files(names: Iterable[str], data_root: Path) -> Iterator[tuple[Benchmark, str | None, dict[str, Path]]]:
     """(benchmark, subtask's hub configuration, its release files per split) for every leaf task of `names`."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     benches = select(names)
     index = official_task_manager(benches).task_index
     for bench in benches:
         for leaf in leaves(index, bench.task):
-            subset = load_yaml(index[leaf].yaml_path, resolve_func=False).get("dataset_name")
+            subset = official_config(index, leaf, resolve_functions=False).get("dataset_name")
             yield bench, subset, {split: release_file(bench, Path(data_root) / rel.format(dataset_name=subset))
                                   for split, rel in bench.files.items()}
 
@@ -152,19 +147,6 @@ def data_hash(names: Iterable[str], source: Source, data_root: Path | None) -> s
     for path in data_files(names, Path(data_root)):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def leaves(index, name: str) -> list[str]:
-    """The tasks a task, group or tag of lm-eval's index evaluates."""
-    from lm_eval.tasks._index import Kind
-
-    entry = index[name]
-    if entry.kind == Kind.GROUP:
-        children = [c if isinstance(c, str) else c.get("task") or c["group"] for c in entry.cfg["task"]]
-        return [leaf for child in children for leaf in leaves(index, child)]
-    if entry.kind == Kind.TAG:
-        return [leaf for task in sorted(entry.tags) for leaf in leaves(index, task)]
-    return [name]
 
 
 def _local(bench: Benchmark, config: dict[str, Any], data_root: Path) -> dict[str, Any]:
