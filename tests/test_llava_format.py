@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from sightbeyond.data.llava_format import BadRecord, Report, iter_records, read_llava_file
+from sightbeyond.data.llava_format import BadRecord, ReadCounts, iter_records, read_llava_file
 
 
 def record(rid: str, image: str = "ok.jpg", human: str = "<image>\nWhat is this?", gpt: str | None = "A red circle.") -> dict:
@@ -52,7 +52,7 @@ def test_unparsable_json_names_the_record_where_it_breaks(images):
 def test_skip_keeps_good_records_and_counts_the_rest(images):
     path = images / "instruct.json"
     path.write_text(json.dumps([record("r-good")] + [bad for bad, _ in BAD.values()] + [record("r-good2")]))
-    report = Report()
+    report = ReadCounts()
     rows = list(read_llava_file(path, images, on_bad_record="skip", with_image=True, report=report))
     assert [r["id"] for r in rows] == ["r-good", "r-good2"]
     assert report.as_dict()["skipped"] == len(BAD) and report.read == len(BAD) + 2
@@ -97,7 +97,7 @@ def test_bytes_that_are_not_utf8_name_their_record_and_can_be_skipped(images):
     path.write_bytes(b"[" + good + b", " + bad.replace(b"cafe", b"caf\xe9") + b", " + good.replace(b"r-good", b"r-good2") + b"]")
     with pytest.raises(BadRecord, match=r"instruct.json: record #1: not UTF-8 text \(byte 0xe9\)"):
         list(read_llava_file(path, images, on_bad_record="error", with_image=True))
-    report = Report()
+    report = ReadCounts()
     rows = list(read_llava_file(path, images, on_bad_record="skip", with_image=True, report=report))
     assert [r["id"] for r in rows] == ["r-good", "r-good2"] and dict(report.skipped) == {"not UTF-8": 1}
 

@@ -188,8 +188,8 @@ def _official(bench, root: Path) -> dict:
     tasks = {}
     for leaf in leaves(index, bench.task):
         config = official_config(index, leaf)
-        files = {split: root / rel.format(dataset_name=config.get("dataset_name")) for split, rel in bench.files.items()}
-        hub = DatasetDict({split: Dataset.from_list(_hub_docs(bench.reader, path, config.get("dataset_name")))
+        files = {split: root / rel.format(dataset_name=config.get("dataset_name")) for split, rel in bench.local.files.items()}
+        hub = DatasetDict({split: Dataset.from_list(_hub_docs(bench.local.reader, path, config.get("dataset_name")))
                            for split, path in files.items()})
         # every split the official config names, as the hub holds it (these files only fill some of them)
         hub = DatasetDict({split: hub.get(split, next(iter(hub.values())))
@@ -413,7 +413,7 @@ def test_fixtures_are_deterministic_and_in_the_official_layouts(tmp_path):
     assert all(first[f].read_bytes() == again[f].read_bytes() for f in first)
     assert any(first[f].read_bytes() != other[f].read_bytes() for f in first)
     # exactly the files the benchmarks read
-    assert set(first) == {rel.format(dataset_name=s) for b in benchmarks().values() for rel in b.files.values()
+    assert set(first) == {rel.format(dataset_name=s) for b in benchmarks().values() for rel in b.local.files.values()
                           for s in (MMLU_SUBJECTS if "{dataset_name}" in rel else [None])}
 
     header = b"\xef\xbb\xbfType,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\r\n"
@@ -513,3 +513,26 @@ def test_an_lm_eval_without_the_task_index_this_project_reads_is_named(tmp_path,
     monkeypatch.setitem(sys.modules, "lm_eval.tasks._index", None)  # as if a release had renamed it
     with pytest.raises(UnsupportedLmEval, match=r"pip install lm_eval==0\.4\.13"):
         check_files(["ethics_cm"], "fixture", tmp_path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda b: b["ethics_cm"].update(shots=3), "shots"),                                  # not a field: num_fewshot
+    (lambda b: b["ethics_cm"]["local"].update(reader="ethics_cm"), "reader 'ethics_cm'"),  # no such reader
+    (lambda b: b["mmlu"].pop("task"), "task"),                                            # a field missing
+])
+def test_a_bad_benchmarks_yaml_is_named_before_anything_runs(edit, message, tmp_path, monkeypatch):
+    import yaml
+
+    from sightbeyond.io import ConfigError
+    from sightbeyond.tasks import nlp
+
+    raw = yaml.safe_load(nlp._BENCHMARKS_FILE.read_text())
+    edit(raw["benchmarks"])
+    (bad := tmp_path / "benchmarks.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(nlp, "_BENCHMARKS_FILE", bad)
+    nlp._definitions.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match=f"{bad}: invalid: .*{message}"):
+            nlp.benchmarks()
+    finally:
+        nlp._definitions.cache_clear()

@@ -17,11 +17,13 @@ from sightbeyond.config import Params, load_params
 from sightbeyond.tasks import mme
 from sightbeyond.report import build, compare, tables
 from sightbeyond.report.reading import Cell, CellRuns, Results, latest
-from sightbeyond.config import Report
 from sightbeyond.report.stats import Bootstrap, mcnemar
+
+from conftest import ROOT
 
 EXPERIMENT = "report-test"
 BOOT = Bootstrap(300)
+FEW_RESAMPLES = load_params(ROOT / "params.yaml", overrides={"report.resamples": 200}).report
 ETHICS = {"ethics_cm": "ethics_commonsense"} | {t: t for t in ("ethics_deontology", "ethics_justice",
                                                               "ethics_utilitarianism", "ethics_virtue")}
 
@@ -231,7 +233,7 @@ def test_missing_cells_stay_missing():
 
 def test_report_files(store, tmp_path):
     out = tmp_path / "reports"
-    headline = build.write(Report(resamples=200), latest(EXPERIMENT), EXPERIMENT, out)
+    headline = build.write(FEW_RESAMPLES, latest(EXPERIMENT), EXPERIMENT, out)
     for name in ("table1", "table3", "table4", "table5"):
         assert (out / "tables" / f"{name}.md").read_text().startswith("### Table")
         assert (out / "tables" / f"{name}.csv").stat().st_size > 0
@@ -249,11 +251,11 @@ def test_report_files(store, tmp_path):
 def test_the_report_from_another_store_of_the_same_runs_differs_only_in_run_ids(store, tmp_path, request):
     """What a fresh clone's own runs give: the committed report's files, but for the run ids they name."""
     first = tmp_path / "first"
-    build.write(Report(resamples=200), latest(EXPERIMENT), EXPERIMENT, first)
+    build.write(FEW_RESAMPLES, latest(EXPERIMENT), EXPERIMENT, first)
     again = fill_store(tmp_path / "again.db", request)
     next(again)  # the same runs, logged anew into another store: other run ids
     second = tmp_path / "second"
-    build.write(Report(resamples=200), latest(EXPERIMENT), EXPERIMENT, second)
+    build.write(FEW_RESAMPLES, latest(EXPERIMENT), EXPERIMENT, second)
     run_id = re.compile(rb"\b[0-9a-f]{32}\b")
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file()) and len(files) > 20

@@ -10,14 +10,16 @@ import torch
 from lm_eval.models.huggingface import HFLM
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sightbeyond.config import ConfigError, Stage2
+from sightbeyond.config import ConfigError, load_params
 from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
 from sightbeyond.tasks.nlp import evaluate_loaded, fixed_subsample, load_tasks
 from sightbeyond.tasks.stepwise_eval import StepwiseEvaluator
 from sightbeyond.layout import BEST
-from sightbeyond.training.stepwise import StepwiseEval
+from sightbeyond.training.stepwise import StepwiseEvalCallback
 
-DEFAULT = Stage2.model_fields["stepwise_tasks"].default
+from conftest import ROOT
+
+DEFAULT = load_params(ROOT / "params.yaml").stage2.stepwise_tasks
 # every loglikelihood benchmark: shared primers (TruthfulQA), one-token choices (ETHICS, BoolQ), a group of five-shot
 # subjects (MMLU), seeded four-shot prompts (MathQA)
 LOGLIKELIHOOD = [*DEFAULT, "truthfulqa_mc2", "mmlu", "mathqa", "boolq"]
@@ -128,10 +130,10 @@ def test_callback_logs_each_step_and_keeps_the_best_model(model_and_tokenizer, t
     run_evaluator = StepwiseEvaluator.run
     monkeypatch.setattr(StepwiseEvaluator, "run", lambda self: SimpleNamespace(
         metrics=run_evaluator(self).metrics | {"truthfulqa_mc1/acc": next(values)}))
-    monkeypatch.setattr(StepwiseEval, "_keep", staticmethod(lambda out, model, processing, selection: kept.append(out.name)))
+    monkeypatch.setattr(StepwiseEvalCallback, "_keep", staticmethod(lambda out, model, processing, selection: kept.append(out.name)))
     mlflow.set_tracking_uri(f"sqlite:///{mlflow_store}")
     with mlflow.start_run() as run:
-        callback = StepwiseEval(tokenizer, DEFAULT, tmp_path / "nlp", every=2, limit=3, batch_size=4,
+        callback = StepwiseEvalCallback(tokenizer, DEFAULT, tmp_path / "nlp", every=2, limit=3, batch_size=4,
                                 best_metric="truthfulqa_mc1/acc")
         callback.on_train_begin(args, _state(0), None, model=model.train(), processing_class=tokenizer)
         for step in range(1, 9):
@@ -144,7 +146,7 @@ def test_callback_logs_each_step_and_keeps_the_best_model(model_and_tokenizer, t
         assert tags["selected_on"] == "reported documents"  # no holdout: the report marks the row as optimistic
 
         # a resumed run: the steps it holds are not logged again, and the best so far is the one it was tagged with
-        resumed = StepwiseEval(tokenizer, DEFAULT, tmp_path / "nlp", every=2, limit=3, batch_size=4, logged_through=8,
+        resumed = StepwiseEvalCallback(tokenizer, DEFAULT, tmp_path / "nlp", every=2, limit=3, batch_size=4, logged_through=8,
                                best_metric="truthfulqa_mc1/acc")
         resumed.on_train_begin(args, _state(8), None, model=model, processing_class=tokenizer)
         assert resumed.best_value == 1.0 and resumed.last_step is None
@@ -158,7 +160,7 @@ def test_best_model_is_saved(model_and_tokenizer, tmp_path, mlflow_store):
     mlflow.set_tracking_uri(f"sqlite:///{mlflow_store}")
     (tmp_path / "output").mkdir()
     with mlflow.start_run() as run:
-        callback = StepwiseEval(tokenizer, DEFAULT, tmp_path / "nlp", every=5, limit=None, batch_size=4,
+        callback = StepwiseEvalCallback(tokenizer, DEFAULT, tmp_path / "nlp", every=5, limit=None, batch_size=4,
                                 best_metric="ethics/acc")
         callback.on_train_begin(SimpleNamespace(output_dir=str(tmp_path / "trainer")), _state(0), None, model=model,
                                 processing_class=tokenizer)
@@ -173,7 +175,7 @@ def test_best_model_is_saved(model_and_tokenizer, tmp_path, mlflow_store):
 def test_best_metric_must_be_a_stepwise_metric(tmp_path, model_and_tokenizer):
     write_nlp_fixtures(tmp_path, n_truthfulqa=3, n_ethics=3)
     with pytest.raises(ConfigError, match="mmlu/acc"):
-        StepwiseEval(model_and_tokenizer[1], DEFAULT, tmp_path, every=5, limit=None, batch_size=4, best_metric="mmlu/acc")
+        StepwiseEvalCallback(model_and_tokenizer[1], DEFAULT, tmp_path, every=5, limit=None, batch_size=4, best_metric="mmlu/acc")
 
 
 def test_from_params(params_for, tmp_path, model_and_tokenizer):
@@ -181,7 +183,7 @@ def test_from_params(params_for, tmp_path, model_and_tokenizer):
     params = params_for(**{"eval_nlp.source": "local", "eval_nlp.local_root": str(tmp_path), "eval_nlp.batch_size": 4,
                            "stage2.stepwise_tasks": ["ethics_cm", "truthfulqa_mc1"], "presets.tiny.stage2.stepwise_limit": 2,
                            "stage2.best_metric": "truthfulqa_mc1/acc"})
-    callback = StepwiseEval.from_params(params, model_and_tokenizer[1])
+    callback = StepwiseEvalCallback.from_params(params, model_and_tokenizer[1])
     assert set(callback.tasks["tasks"]) == {"ethics_cm", "truthfulqa_mc1"}
     assert all(len(ids) == 2 for ids in callback.samples.values())
     assert (callback.every, callback.batch_size, callback.logged_through, callback.best_metric) == \
@@ -238,7 +240,7 @@ def test_a_held_out_share_chooses_the_step_and_no_reported_score_reads_it(model_
                            "stage2.stepwise_tasks": ["truthfulqa_mc1", "ethics_cm"],
                            "stage2.best_metric": "truthfulqa_mc1/acc",
                            "stage2.selection_holdout": 0.25})
-    callback = StepwiseEval.from_params(params, tokenizer)
+    callback = StepwiseEvalCallback.from_params(params, tokenizer)
     args = SimpleNamespace(output_dir=str(tmp_path / "trainer"))
     mlflow.set_tracking_uri(f"sqlite:///{mlflow_store}")
     with mlflow.start_run() as run:

@@ -46,7 +46,7 @@ class Invalid(ValueError):
 
 
 @dataclass
-class Report:
+class ReadCounts:
     read: int = 0
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
@@ -141,9 +141,9 @@ def to_messages(record: dict, *, with_image: bool, plain: bool = False) -> list[
 
 
 def read_llava_file(path: Path, image_dir: Path, *, on_bad_record: str, with_image: bool, plain: bool = False,
-                    report: Report | None = None) -> Iterator[dict]:
+                    report: ReadCounts | None = None) -> Iterator[dict]:
     """Validated rows `{"id", "messages", "images"}` (images only `with_image`), one at a time."""
-    report = report if report is not None else Report()
+    report = report if report is not None else ReadCounts()
     for i, record in enumerate(tqdm(iter_records(path), desc=f"read {path.name}", unit=" records", mininterval=2)):
         report.read += 1
         record_id = str(record.get("id", f"#{i}")) if isinstance(record, dict) else f"#{i}"

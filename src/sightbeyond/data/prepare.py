@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sightbeyond.config import Params
-from sightbeyond.data.llava_format import INSTRUCT_FILES, Report, find_file, read_llava_file
+from sightbeyond.data.llava_format import INSTRUCT_FILES, ReadCounts, find_file, read_llava_file
 from sightbeyond.io import atomic_dir
 from sightbeyond.layout import PREPARED, split_dir
 
@@ -64,7 +64,7 @@ def run(params: Params, split: str) -> None:
     with stage_run("prepare", params, name=name, param_sections=("prepare",), inputs=[source.parent]), atomic_dir(final) as out:
         reports = {}
         for part, with_image in parts.items():
-            reports[part] = Report()
+            reports[part] = ReadCounts()
             save(lambda: read_llava_file(source, images, on_bad_record=cfg.on_bad_record, with_image=with_image,
                                          plain=split == "stage1", report=reports[part]),
                  out if split == "stage1" else out / part, with_image=with_image)

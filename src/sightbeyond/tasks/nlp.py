@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError, field_validator
 
 from sightbeyond.io import ConfigError
 from sightbeyond.tasks.lm_eval_index import leaves, official_config, set_config
@@ -39,38 +40,66 @@ _SPLITS = ("training_split", "validation_split", "test_split", "fewshot_split")
 SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
 
 
-@dataclass(frozen=True)
-class Benchmark:
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Release(_Strict):
+    reader: str               # a key of local_docs.READERS
+    files: dict[str, str]     # split -> path under the data root
+
+
+class Benchmark(_Strict):
     name: str
     task: str                 # lm-eval's task or group
     folder: str               # of its official configs, under lm_eval/tasks
-    num_fewshot: int
+    num_fewshot: NonNegativeInt = 0
     prefix: str               # of our metric names
     metrics: dict[str, str]   # ours -> lm-eval's "<metric>,<filter>"
-    reader: str
-    files: dict[str, str]     # split -> path under the data root
+    local: Release
     documents: str            # the document set it asks; benchmarks that share one ask the same documents
+
+    @field_validator("local")
+    @classmethod
+    def _known_reader(cls, local: Release) -> Release:
+        from sightbeyond.tasks.local_docs import READERS
+
+        if local.reader not in READERS:
+            raise ValueError(f"reader {local.reader!r} is not one of local_docs' {', '.join(READERS)}")
+        return local
+
+
+class _BenchmarksFile(_Strict):
+    benchmarks: dict[str, Benchmark]
+    means: dict[str, list[str]]  # an averaged metric -> the metrics it averages
 
 
 @functools.cache
-def _definitions() -> tuple[dict[str, Benchmark], dict[str, list[str]]]:
+def _definitions() -> _BenchmarksFile:
+    """benchmarks.yaml, validated as params.yaml is: an unknown key, a missing one or an unknown reader fails here."""
     raw = yaml.safe_load(_BENCHMARKS_FILE.read_text())
-    benchmarks = {
-        name: Benchmark(name=name, task=b["task"], folder=b["folder"], num_fewshot=b.get("num_fewshot", 0), prefix=b.get("prefix", name),
-                        metrics=b["metrics"], reader=b["local"]["reader"], files=b["local"]["files"],
-                        documents=b.get("documents", name))
-        for name, b in raw["benchmarks"].items()
-    }
-    return benchmarks, raw["means"]
+    try:
+        for name, entry in raw["benchmarks"].items():  # `prefix` and `documents` default to the entry's name
+            entry.update(name=name, prefix=entry.get("prefix", name), documents=entry.get("documents", name))
+        defined = _BenchmarksFile.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in err.errors())
+        raise ConfigError(f"{_BENCHMARKS_FILE}: invalid: {problems}") from None
+    known = {f"{b.prefix}/{metric}" for b in defined.benchmarks.values() for metric in b.metrics}
+    for mean, parts in defined.means.items():
+        if unknown := set(parts) - known:
+            raise ConfigError(f"{_BENCHMARKS_FILE}: means.{mean}: no benchmark gives {sorted(unknown)}")
+    return defined
 
 
 def benchmarks() -> dict[str, Benchmark]:
-    return _definitions()[0]
+    return _definitions().benchmarks
 
 
 def means() -> dict[str, list[str]]:
     """Averaged metrics (e.g. `ethics/acc`) and the metrics they average."""
-    return _definitions()[1]
+    return _definitions().means
 
 
 def select(names: Iterable[str]) -> list[Benchmark]:
@@ -118,7 +147,7 @@ def _leaf_files(names: Iterable[str], data_root: Path) -> Iterator[tuple[Benchma
         for leaf in leaves(index, bench.task):
             subset = official_config(index, leaf, resolve_functions=False).get("dataset_name")
             yield bench, subset, {split: release_file(bench, Path(data_root) / rel.format(dataset_name=subset))
-                                  for split, rel in bench.files.items()}
+                                  for split, rel in bench.local.files.items()}
 
 
 def data_files(names: Iterable[str], data_root: Path) -> list[Path]:
@@ -134,7 +163,7 @@ def check_files(names: Iterable[str], source: Source, data_root: Path | None) ->
     if source == "hub":
         return
     for bench, subset, files in _leaf_files(names, Path(data_root)):
-        read(bench.reader, files, subset)
+        read(bench.local.reader, files, subset)
 
 
 def data_hash(names: Iterable[str], source: Source, data_root: Path | None) -> str:
@@ -153,8 +182,8 @@ def _local(bench: Benchmark, config: dict[str, Any], data_root: Path) -> dict[st
     from sightbeyond.tasks.local_docs import read
 
     subset = config.get("dataset_name")
-    files = {split: release_file(bench, data_root / rel.format(dataset_name=subset)) for split, rel in bench.files.items()}
-    load = functools.partial(read, bench.reader, files, subset)
+    files = {split: release_file(bench, data_root / rel.format(dataset_name=subset)) for split, rel in bench.local.files.items()}
+    load = functools.partial(read, bench.local.reader, files, subset)
     if "class" in config:
         from sightbeyond.tasks.squad_v2 import local_squad2
 

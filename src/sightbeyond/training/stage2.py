@@ -29,7 +29,7 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     from sightbeyond.model.llava import build_llava, load_llm, load_processor, load_tokenizer
     from sightbeyond.tracking.runs import logged_model
     from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
-    from sightbeyond.training.stepwise import StepwiseEval
+    from sightbeyond.training.stepwise import StepwiseEvalCallback
 
     cfg, hparams, cell = params.stage2, params.hparams.stage2, Cell.of(params, tuning, modality)
     # Training arguments: the libraries' own config objects, built (and so checked) before the model loads
@@ -41,7 +41,7 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     processing = load_processor(params) if modality == "image" else load_tokenizer(params)
     tokenizer = getattr(processing, "tokenizer", processing)
     # the step-wise tasks, metric and benchmark files are checked here, before the model loads or a run starts
-    stepwise = StepwiseEval.from_params(params, tokenizer) if cfg.stepwise_tasks else None
+    stepwise = StepwiseEvalCallback.from_params(params, tokenizer) if cfg.stepwise_tasks else None
 
     # Model: seeded before it is built, not only by the Trainer after: the projector's initialisation, LoRA's and
     # the new token rows of a hub LLM's embeddings are drawn before the Trainer exists

@@ -14,7 +14,7 @@ from sightbeyond.training.common import unwrap_causal_lm
 
 
 
-class StepwiseEval(TrainerCallback):
+class StepwiseEvalCallback(TrainerCallback):
     """`StepwiseEvaluator` in process on the LLM being trained (LoRA unmerged), every `every` steps, at the start
     and at the end. Tasks are built (and their files checked) here, before any training step; the requests are
     rendered and tokenised once, when training begins. `limit`: a fixed subsample of that many documents per task.
@@ -50,7 +50,7 @@ class StepwiseEval(TrainerCallback):
         self.evaluator, self.last_step = None, None
 
     @classmethod
-    def from_params(cls, params: Params, tokenizer) -> StepwiseEval:
+    def from_params(cls, params: Params, tokenizer) -> StepwiseEvalCallback:
         from sightbeyond.layout import nlp_data_root
 
         cfg, sizing = params.stage2, params.hparams.stage2
