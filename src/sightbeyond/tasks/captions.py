@@ -96,3 +96,47 @@ def cider_scores(references: dict[str, list[str]], cells: dict[str, dict[str, st
         score, per_image = Cider().compute_score({k: refs[k] for k in keys}, {k: hyps[name, k] for k in keys})
         out[name] = (100 * float(score), {k: 100 * float(s) for k, s in zip(keys, per_image)})
     return out
+
+
+def prompt(cfg, train: list[str], name: str) -> list[dict]:
+    """The zero-shot captioning conversation, its in-context examples logged to the active run."""
+    import mlflow
+
+    examples = in_context_examples(train, cfg.caption_examples, cfg.seed)
+    mlflow.log_dict({"prompt": cfg.caption_prompt, "examples": examples}, f"{name}_in_context_examples.json")
+    return caption_conversation(cfg.caption_prompt, examples)
+
+
+def prediction_table(images: list[CaptionImage], got: dict[str, str], per_image: dict[str, float], **extra) -> dict:
+    return {**extra, "image": [i.key for i in images], "caption": [got[i.key] for i in images],
+            "cider": [per_image[i.key] for i in images], "references": [" | ".join(i.references) for i in images]}
+
+
+@dataclass(frozen=True)
+class Captioning:
+    """The eval_mm stage's family for one captioning dataset (see mme.py); `cfg` is params.eval_mm."""
+
+    name: str  # coco | flickr30k: the eval_mm settings <name>_karpathy and <name>_images
+
+    def inputs(self, cfg) -> list[Path]:
+        return [getattr(cfg, f"{self.name}_karpathy"), getattr(cfg, f"{self.name}_images")]
+
+    def read(self, cfg) -> tuple[tuple[list[CaptionImage], list[str]], list[Path]]:
+        images, train = read_karpathy(*self.inputs(cfg))
+        in_context_examples(train, cfg.caption_examples, cfg.seed)  # enough training captions
+        require_java()
+        return (images, train), [i.path for i in images]
+
+    def evaluate(self, ask, data: tuple[list[CaptionImage], list[str]], cfg) -> dict[str, float]:
+        import mlflow
+
+        images, train = data
+        answers = ask([prompt(cfg, train, self.name)] * len(images), [i.path for i in images],
+                      max_new_tokens=cfg.caption_max_new_tokens, desc=self.name)
+        got = {i.key: a for i, a in zip(images, answers)}
+        score, per_image = cider_scores({i.key: list(i.references) for i in images}, {self.name: got})[self.name]
+        mlflow.log_table(prediction_table(images, got, per_image), artifact_file=f"{self.name}_predictions.json")
+        return {f"{self.name}/cider": score}
+
+
+COCO, FLICKR30K = Captioning("coco"), Captioning("flickr30k")

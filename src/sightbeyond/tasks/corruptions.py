@@ -5,13 +5,17 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import statistics
 import sys
 import types
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from sightbeyond.tasks import captions
 
 
 @functools.cache
@@ -69,3 +73,46 @@ def corrupt(image: Image.Image, corruption: str, severity: int, *, seed: int, ke
     # imagecorruptions draws from numpy's global generator
     np.random.seed(zlib.crc32(f"{seed}/{corruption}/{severity}/{key}".encode()))
     return Image.fromarray(lib.corrupt(np.asarray(image.convert("RGB")), severity=severity, corruption_name=corruption))
+
+
+# The eval_mm stage's family COCO-C (see mme.py): COCO's test images, corrupted; `cfg` is params.eval_mm.
+def inputs(cfg) -> list[Path]:
+    return captions.COCO.inputs(cfg)
+
+
+def read(cfg):
+    return captions.COCO.read(cfg)
+
+
+def evaluate(ask, data, cfg) -> dict[str, float]:
+    """Every corruption x severity cell in one generation pass (full batches), scored cell by cell."""
+    import mlflow
+
+    images, train = data
+    conversation = captions.prompt(cfg, train, "coco_c")
+    cells = [(c, s) for c in cfg.corruptions for s in cfg.severities]
+    jobs = [(cell, image) for cell in cells for image in images]
+    transforms = [lambda img, c=c, s=s, key=image.key: corrupt(img, c, s, seed=cfg.seed, key=key) for (c, s), image in jobs]
+    answers = ask([conversation] * len(jobs), [image.path for _, image in jobs], transforms=transforms,
+                  max_new_tokens=cfg.caption_max_new_tokens, desc="COCO-C")
+    got: dict[str, dict[str, str]] = {f"{c}_{s}": {} for c, s in cells}
+    for ((c, s), image), answer in zip(jobs, answers):
+        got[f"{c}_{s}"][image.key] = answer
+    scores = captions.cider_scores({i.key: list(i.references) for i in images}, got)
+    metrics = {f"coco_c/{cell}/cider": score for cell, (score, _) in scores.items()}
+    metrics["coco_c/cider"] = statistics.fmean(score for score, _ in scores.values())
+    table: dict[str, list] = {}
+    for (c, s), (_, per_image) in zip(cells, scores.values()):
+        for column, values in captions.prediction_table(images, got[f"{c}_{s}"], per_image, corruption=[c] * len(images),
+                                                        severity=[s] * len(images)).items():
+            table.setdefault(column, []).extend(values)
+    mlflow.log_table(table, artifact_file="coco_c_predictions.json")
+    return metrics
+
+
+def relative_drop(corrupted: float, clean: float) -> dict[str, float]:
+    """COCO-C's CIDEr against the clean COCO's, in percent (Table 5); none when the clean CIDEr is 0."""
+    if clean > 0:
+        return {"coco_c/relative_drop": 100 * (corrupted - clean) / clean}
+    warnings.warn("coco_c/relative_drop not logged: the clean COCO CIDEr is 0", stacklevel=1)
+    return {}

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sightbeyond.tasks.predictions import qa_conversation
+
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG")
@@ -111,3 +113,33 @@ def mme_metrics(results: dict[str, list[str]]) -> dict[str, float]:
         # the parser's "other": neither yes nor no, so wrong answers and unreadable ones can be told apart
         "mme/unreadable": sum(parse_answer(a) == "other" for a in answers) / len(answers),
     }
+
+
+# The eval_mm stage's family: `read` before the model loads (the questions, their images), `evaluate` with its
+# generator `ask`; `cfg` is params.eval_mm.
+def inputs(cfg) -> list[Path]:
+    return [cfg.mme_dir]
+
+
+def read(cfg) -> tuple[list[Question], list[Path]]:
+    questions = read_mme(cfg.mme_dir, [t for t in PERCEPTION + COGNITION if t not in cfg.mme_exclude])
+    return questions, [q.path for q in questions]
+
+
+def evaluate(ask, questions: list[Question], cfg) -> dict[str, float]:
+    import mlflow
+
+    answers = ask([qa_conversation(q.question) for q in questions], [q.path for q in questions],
+                  max_new_tokens=cfg.max_new_tokens, desc="MME")
+    results: dict[str, list[str]] = {}
+    for q, a in zip(questions, answers):
+        results.setdefault(q.subtask, []).append(eval_tool_line(q, a))
+    for subtask, lines in results.items():  # what the official eval_tool/calculation.py reads
+        mlflow.log_text("".join(line + "\n" for line in lines), f"mme_eval_tool/{subtask}.txt")
+    parsed = [parse_answer(one_field(a)) for a in answers]
+    mlflow.log_table({"subtask": [q.subtask for q in questions], "image": [q.image for q in questions],
+                      "question": [q.question for q in questions], "truth": [q.truth for q in questions],
+                      "answer": answers, "parsed": parsed,
+                      "correct": [p == q.truth.lower() for p, q in zip(parsed, questions)]},
+                     artifact_file="mme_predictions.json")
+    return mme_metrics(results)

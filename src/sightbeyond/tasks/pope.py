@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sightbeyond.tasks.predictions import answers_in_order
+import json
+from pathlib import Path
+
+from sightbeyond.tasks.predictions import answers_in_order, qa_conversation
 
 
 NO_WORDS = ("No", "not", "no")
@@ -52,3 +55,47 @@ def score_pope(questions: list[dict], predictions: list[dict]) -> dict[str, floa
     answers = answers_in_order([q["question_id"] for q in questions], predictions, key="question_id", answer="answer",
                                what="POPE")
     return pope_metrics([q["label"] for q in questions], answers)
+
+
+def read_pope(path: Path) -> list[dict]:
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {n}: unparsable JSON ({err.msg})") from None
+        if not {"question_id", "image", "text", "label"} <= row.keys() or row["label"] not in ("yes", "no"):
+            raise ValueError(f"{path}: line {n}: expected question_id, image, text and a yes/no label, got {row}")
+        rows.append(row)
+    return rows
+
+
+# The eval_mm stage's family (see mme.py); `cfg` is params.eval_mm.
+def inputs(cfg) -> list[Path]:
+    return [cfg.pope_dir, cfg.pope_images]
+
+
+def read(cfg) -> tuple[dict[str, list[dict]], list[Path]]:
+    splits = {split: read_pope(cfg.pope_dir / f"coco_pope_{split}.json") for split in cfg.splits}
+    for rows in splits.values():
+        for row in rows:
+            row["path"] = cfg.pope_images / row["image"]
+    return splits, [row["path"] for rows in splits.values() for row in rows]
+
+
+def evaluate(ask, splits: dict[str, list[dict]], cfg) -> dict[str, float]:
+    import mlflow
+
+    metrics = {}
+    for split, questions in splits.items():
+        answers = ask([qa_conversation(q["text"]) for q in questions], [q["path"] for q in questions],
+                      max_new_tokens=cfg.max_new_tokens, desc=f"POPE {split}")
+        scores = score_pope(questions, [{"question_id": q["question_id"], "answer": a} for q, a in zip(questions, answers)])
+        metrics |= {f"pope_{split}/{k}": v for k, v in scores.items()}
+        mlflow.log_table({"question_id": [q["question_id"] for q in questions], "image": [q["image"] for q in questions],
+                          "question": [q["text"] for q in questions], "label": [q["label"] for q in questions],
+                          "answer": answers, "parsed": [parse_answer(a) for a in answers]},
+                         artifact_file=f"pope_{split}_predictions.json")
+    return metrics

@@ -20,3 +20,8 @@ def answers_in_order(expected: list, predictions: list[dict], *, key: str, answe
         if not isinstance(pred[answer], str):
             raise ValueError(f"{what}: prediction {n}: answer {pred[answer]!r} is not text")
     return [p[answer] for p in predictions]
+
+
+def qa_conversation(question: str) -> list[dict]:
+    """A question about one image, as MME, POPE and Unicorn ask it: the image, then the question."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]

@@ -13,7 +13,7 @@ import re
 import warnings
 from pathlib import Path
 
-from sightbeyond.tasks.predictions import answers_in_order
+from sightbeyond.tasks.predictions import answers_in_order, qa_conversation
 
 OODCV_SITUATIONS = ("iid", "occlusion", "context", "pose", "shape", "texture", "weather")
 # The strings whose presence counts as the answer (the official `manualMap2`): plain substrings, so "none" also
@@ -111,3 +111,37 @@ def sketchy_accuracy(items: list[dict], predictions: list[dict]) -> dict[str, fl
         warnings.warn("Sketchy-VQA: no answer says yes or no, so the official accuracy is undefined (NaN)", stacklevel=2)
     return {"acc": sum(scored) / len(scored) if scored else math.nan, "unparsed": len(parsed) - len(scored),
             "unreadable": (len(parsed) - len(scored)) / len(parsed)}
+
+
+# The eval_mm stage's family (see mme.py); `cfg` is params.eval_mm.
+def inputs(cfg) -> list[Path]:
+    return [cfg.unicorn_dir]
+
+
+def read(cfg) -> tuple[dict[str, list[dict]], list[Path]]:
+    tasks = {"oodcv": read_oodcv(cfg.unicorn_dir), "sketch": read_sketchy(cfg.unicorn_dir)}
+    return tasks, [item["path"] for items in tasks.values() for item in items]
+
+
+def evaluate(ask, tasks: dict[str, list[dict]], cfg) -> dict[str, float]:
+    import mlflow
+
+    oodcv, sketch = tasks["oodcv"], tasks["sketch"]
+    items = oodcv + sketch
+    answers = ask([qa_conversation(i["question"]) for i in items], [i["path"] for i in items],
+                  max_new_tokens=cfg.max_new_tokens, desc="Unicorn")
+    ood_answers, sketch_answers = answers[:len(oodcv)], answers[len(oodcv):]
+    ood = oodcv_accuracy(oodcv, [{"image": i["image"], "prediction": a} for i, a in zip(oodcv, ood_answers)])
+    sk = sketchy_accuracy(sketch, [{"image": i["image"], "answer": a} for i, a in zip(sketch, sketch_answers)])
+    mlflow.log_table({"image": [i["image"] for i in oodcv], "situation": [i["situation"] for i in oodcv],
+                      "question": [i["question"] for i in oodcv], "text_answer": [i["text_answer"] for i in oodcv],
+                      "prediction": ood_answers,
+                      "correct": [oodcv_correct(a, i["text_answer"]) for i, a in zip(oodcv, ood_answers)]},
+                     artifact_file="unicorn_oodcv_predictions.json")
+    mlflow.log_table({"image": [i["image"] for i in sketch], "question": [i["question"] for i in sketch],
+                      "label": [i["answer"] for i in sketch], "answer": sketch_answers,
+                      "parsed": [sketchy_parse(a) or "unparsed" for a in sketch_answers]},
+                     artifact_file="unicorn_sketch_predictions.json")
+    return {"unicorn_oodcv/acc": ood["acc"], "unicorn_oodcv/scored": ood["scored"],
+            "unicorn_sketch/acc": sk["acc"], "unicorn_sketch/unparsed": sk["unparsed"],
+            "unicorn_sketch/unreadable": sk["unreadable"]}
