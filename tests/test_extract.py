@@ -45,3 +45,27 @@ def test_extracted_llm_matches_llava_language_model(params_for, mlflow_store, tm
     with torch.no_grad():
         got = extracted(input_ids=ids).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_tuned_image_model_loads_whole_through_the_auto_class(params_for, tmp_path):
+    """Saved as stock `llava`, a linear projector's weights would be dropped on load and a random MLP built instead."""
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForImageTextToText
+
+    from sightbeyond.model.llava import SightLlava
+
+    params = params_for()
+    llava = build_llava(params, load_processor(params).tokenizer)
+    llava.save_pretrained(tmp_path / "tuned")
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "tuned")
+    assert type(loaded) is SightLlava
+    assert loaded.state_dict().keys() == llava.state_dict().keys()
+    for name, tensor in llava.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor)
+    # without sightbeyond's registration, transformers refuses the type instead of guessing it
+    stock = subprocess.run([sys.executable, "-c", "import sys; from transformers import AutoModelForImageTextToText; "
+                            "AutoModelForImageTextToText.from_pretrained(sys.argv[1])", str(tmp_path / "tuned")],
+                           capture_output=True, text=True)
+    assert stock.returncode != 0 and "sight_llava" in stock.stderr

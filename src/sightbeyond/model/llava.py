@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForImageTextToText,
     AutoProcessor,
     AutoTokenizer,
     CLIPVisionConfig,
@@ -54,15 +56,27 @@ def make_projector(config: LlavaConfig) -> nn.Module:
     return LinearProjector(config) if getattr(config, "projector_type", "mlp2x_gelu") == "linear" else LlavaMultiModalProjector(config)
 
 
+class SightLlavaConfig(LlavaConfig):
+    # a type of its own: saved as `llava`, a linear projector's weights would be dropped by stock LLaVA, which would
+    # build a fresh random MLP in their place; `sight_llava` loads through the Auto classes once sightbeyond is imported
+    model_type = "sight_llava"
+
+
 class SightLlava(LlavaForConditionalGeneration):
     """LLaVA with the projector named by `config.projector_type`.
 
     Why a subclass: transformers' LLaVA only has LLaVA-1.5's two-layer MLP; the paper (LLaVA v1) uses one linear layer.
     """
 
+    config_class = SightLlavaConfig
+
     def __init__(self, config: LlavaConfig):
         super().__init__(config)
         self.model.multi_modal_projector = make_projector(config)
+
+
+AutoConfig.register(SightLlavaConfig.model_type, SightLlavaConfig)
+AutoModelForImageTextToText.register(SightLlavaConfig, SightLlava)
 
 
 def load_tokenizer(params: Params, template: str | None = None):
@@ -125,7 +139,7 @@ def build_llava(params: Params, tokenizer, projector_dir: Path | None = None) ->
     """Assemble LLaVA from the backbone's LLM and CLIP (and a stage-1 projector, if given) without copying weights."""
     llm = load_llm(params, tokenizer)
     vision = CLIPVisionModel.from_pretrained(resolve_backbone(params).vision, dtype=torch.float32)
-    config = LlavaConfig(
+    config = SightLlavaConfig(
         vision_config=vision.config,
         text_config=llm.config,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
