@@ -38,7 +38,9 @@ def check_launch(hparams: Stage1Hparams | Stage2Hparams, where: str, *, stepwise
 
 
 def world_size() -> int:
-    """Processes in this run, as `accelerate launch` / torchrun announce them."""
+    """Processes in this run, as `accelerate launch` / torchrun announce them. Not accelerate's PartialState: a
+    process-wide singleton, built here before the Trainer builds it with use_cpu, it made a 2-process CPU run count one
+    process (tests/test_scaleout.py's loss curve went short)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
