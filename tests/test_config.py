@@ -31,7 +31,7 @@ def test_bad_params_fail_at_load(override, message):
         load_params(ROOT / "params.yaml", overrides=override)
 
 
-PAPER_LLMS = {  # PROTOCOL.md: hub id and stage-2 template of each of the paper's eight LLMs
+PAPER_LLMS = {  # the authors' scripts: hub id and stage-2 template of each of the paper's eight LLMs
     "openllama3b": ("openlm-research/open_llama_3b", "v1"),
     "openalpaca3b": ("openllmplayground/openalpaca_3b_600bt_preview", "v1"),
     "llama7b": ("huggyllama/llama-7b", "v1"),

@@ -45,7 +45,7 @@ def test_llava15_trains_the_projector_at_its_own_learning_rate(params_for, tmp_p
 
 
 def test_check_prints_the_resolved_recipe(capsys, monkeypatch):
-    """What a run of the paper's LLaMA-2 would do, read off PROTOCOL.md: stage 2 at a global batch of 32 (2500 steps
+    """What a run of the paper's LLaMA-2 would do, read off the authors' scripts (README: The authors' recipe): stage 2 at a global batch of 32 (2500 steps
     over the 80k records), image start/end tokens, fp32 evaluation, the authors' decoding when asked for."""
     from sightbeyond.cli import main
     from sightbeyond.model import weights

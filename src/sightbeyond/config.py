@@ -389,7 +389,7 @@ class Params(Strict):
         return self.hparams.image_start_end if self.model.image_start_end is None else self.model.image_start_end
 
     def recipe(self, image_tokens: int | None) -> str:
-        """What a run with these params does, in the terms PROTOCOL.md states the authors' settings in."""
+        """What a run with these params does, in the terms of the README's "The authors' recipe" table."""
         s1, s2, mm, nlp = self.hparams.stage1, self.hparams.stage2, self.eval_mm, self.eval_nlp
         steps = math.ceil(INSTRUCT_80K * s2.num_train_epochs / s2.global_batch_size)
         wrapped = f", wrapped in {IMAGE_START_END}" if self.image_start_end else ""

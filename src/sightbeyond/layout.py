@@ -1,5 +1,5 @@
-"""Where every artefact of the pipeline lives, spelled once: dvc.yaml names the same paths through `paths` in
-params.yaml, and tests/test_layout.py holds the two equal."""
+"""Where every artefact of the pipeline lives, spelled once for the code; dvc.yaml, which cannot import it, spells
+the same paths, and tests/test_layout.py holds every stage's outputs equal to these."""
 
 from __future__ import annotations
 

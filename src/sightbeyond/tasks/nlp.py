@@ -1,4 +1,4 @@
-"""The NLP benchmarks of PROTOCOL.md with lm-evaluation-harness, their documents from the Hub, local release files
+"""The paper's NLP benchmarks with lm-evaluation-harness, their documents from the Hub, local release files
 or the project's fixtures.
 
 Each benchmark (tasks/benchmarks.yaml) is lm-eval's own task or group. With the `hub` source it is loaded as lm-eval
