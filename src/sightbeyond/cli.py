@@ -10,7 +10,8 @@ from typing import get_args
 
 from sightbeyond.config import ConfigError, InstructData, Modality, Tuning, load_params, project_root
 from sightbeyond.data.llava_format import BadRecord
-from sightbeyond.model.weights import MissingWeightsError
+from sightbeyond.model.weights import MissingWeightsError, image_tokens, resolve_backbone, resolve_llm
+from sightbeyond.report import compare
 from sightbeyond.io import NotWritable
 from sightbeyond.tasks.lm_eval_index import UnsupportedLmEval
 from sightbeyond.tasks.local_docs import MalformedFile
@@ -52,9 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, help="default: models/released/<src name>")
     sub.add_parser("report", help="the paper's tables and figures, with intervals, from the MLflow runs, in reports/")
     s = sub.add_parser("compare", help="chosen cells or runs: metrics, deltas and intervals, in the terminal")
-    from sightbeyond.report.compare import add_arguments
-
-    add_arguments(s)
+    compare.add_arguments(s)
     s = sub.add_parser("preview", help="print what the model sees and what it is trained on, for the first records")
     s.add_argument("--split", required=True, help="stage1 | image | text, or a prepared dataset directory")
     s.add_argument("--n", type=int, default=3)
@@ -83,12 +82,6 @@ def _stage(module: str, *fields: str):
     return call
 
 
-def _check(params, args) -> None:
-    from sightbeyond.model.weights import resolve_backbone
-
-    print(resolve_backbone(params))
-
-
 def _chain(params, args) -> int:
     import json
     import subprocess
@@ -110,18 +103,14 @@ def _import_released(params, args) -> None:
           f"evaluate it with `sightbeyond -S backbone={out / 'llm'} eval_nlp --model base`")
 
 
-def _compare(params, args) -> None:
-    from sightbeyond.report.compare import main as compare
-
-    compare(args, params.tracking.experiment)
-
-
 COMMANDS = {
-    "synth": _stage("data.shapesworld"), "backbone": _stage("model.backbone"), "check": _check,
+    "synth": _stage("data.shapesworld"), "backbone": _stage("model.backbone"),
+    "check": lambda params, args: print(resolve_backbone(params)),
     "subsets": _stage("data.subsets"), "prepare": _stage("data.prepare", "split"), "stage1": _stage("training.stage1"),
     "stage2": _stage("training.stage2", "tuning", "modality"), "extract": _stage("model.extract", "tuning", "modality"),
     "eval_nlp": _stage("evaluation.nlp_stage", "model"), "eval_mm": _stage("evaluation.mm_stage", "tuning"),
-    "chain": _chain, "import_released": _import_released, "report": _stage("report.build"), "compare": _compare,
+    "chain": _chain, "import_released": _import_released, "report": _stage("report.build"),
+    "compare": lambda params, args: compare.main(args, params.tracking.experiment),
     "preview": _stage("training.preview", "split", "n", "json"),
 }
 
@@ -146,18 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = overrides
         params._command_line = frozenset(_overrides(args.set))
         if args.command == "check":  # the recipe first: it needs no weights
-            from sightbeyond.model.weights import image_tokens
-
             print(params.recipe(image_tokens(params)))
         # missing weights stop every stage in seconds, before data is read
         if args.command in ("check", "stage1", "eval_mm") or (args.command == "stage2" and args.modality == "image"):
-            from sightbeyond.model.weights import resolve_backbone
-
             resolve_backbone(params)
         elif args.command in ("stage2", "extract", "eval_nlp") or (args.command == "chain" and not params.active.build):
             # (a chain builds a backbone the pipeline builds: its weights need not exist yet)
-            from sightbeyond.model.weights import resolve_llm
-
             resolve_llm(params)
         return COMMANDS[args.command](params, args) or 0
     except (ConfigError, MissingWeightsError, BadRecord, MalformedFile, NotWritable, UnsupportedLmEval,

@@ -11,10 +11,9 @@ from __future__ import annotations
 import csv
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
-
-# --- TruthfulQA -------------------------------------------------------------------------------
 
 # (question, the truth, other true phrasings, popular falsehoods)
 _TRUTHFULQA_FACTS = [
@@ -118,8 +117,6 @@ def _truthfulqa_rows(rng: random.Random, n: int) -> Iterable[list[str]]:
             rng.choice(_TRUTHFULQA_SOURCES),
         ]
 
-
-# --- ETHICS -----------------------------------------------------------------------------------
 
 _PEOPLE = ["my neighbor", "my little brother", "an old man", "my coworker", "a stranger", "my best friend"]
 _TIMES = ["", " after school", " on Sunday", " when it was raining", ", even though I was tired"]
@@ -227,8 +224,6 @@ def _utilitarianism_rows(rng: random.Random, n: int) -> Iterable[list[str]]:
         yield [start + better, start + worse]
 
 
-# --- MMLU -------------------------------------------------------------------------------------
-
 # the 57 subjects of the release, each a pair data/dev/<subject>_dev.csv, data/test/<subject>_test.csv
 MMLU_SUBJECTS = (
     "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge", "college_biology",
@@ -247,20 +242,14 @@ MMLU_SUBJECTS = (
 _MMLU_DEV = 5  # the 5 shots
 
 
-def _mmlu_rows(subject: str) -> _Rows:
+def _mmlu_rows(subject: str, rng: random.Random, n: int) -> Iterable[list[str]]:
     topic = subject.replace("_", " ")
+    for _ in range(n):  # no header: question, A, B, C, D, the answer's letter
+        values = rng.sample(range(2, 99), 4)
+        kind, pick = rng.choice([("largest", max), ("smallest", min)])
+        question = f"An exam in {topic} lists the numbers {', '.join(map(str, values))}. Which is the {kind}?"
+        yield [question, *map(str, values), "ABCD"[values.index(pick(values))]]
 
-    def rows(rng: random.Random, n: int) -> Iterable[list[str]]:
-        for _ in range(n):  # no header: question, A, B, C, D, the answer's letter
-            values = rng.sample(range(2, 99), 4)
-            kind, pick = rng.choice([("largest", max), ("smallest", min)])
-            question = f"An exam in {topic} lists the numbers {', '.join(map(str, values))}. Which is the {kind}?"
-            yield [question, *map(str, values), "ABCD"[values.index(pick(values))]]
-
-    return rows
-
-
-# --- GSM8K -------------------------------------------------------------------------------------
 
 _NAMES = ["Natalia", "Weng", "Betty", "Julie", "James", "Albert", "Ken", "Alexis"]
 _THINGS = ["apples", "clips", "stamps", "marbles", "books", "pencils"]
@@ -277,9 +266,6 @@ def _gsm8k_records(rng: random.Random, n: int) -> Iterable[dict]:
             "answer": f"{name} had {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {thing}.\n"
                       f"At the end {name} has {a + b} * {k} = <<{a + b}*{k}={total}>>{total} {thing}.\n#### {total}",
         }
-
-
-# --- MathQA ------------------------------------------------------------------------------------
 
 
 def _mathqa_records(rng: random.Random, n: int) -> Iterable[dict]:
@@ -299,8 +285,6 @@ def _mathqa_records(rng: random.Random, n: int) -> Iterable[dict]:
             "category": "physics",
         }
 
-
-# --- SQuAD v2 ----------------------------------------------------------------------------------
 
 # (title, context, answerable questions with their answers, unanswerable questions with a plausible answer)
 _ARTICLES = [
@@ -333,8 +317,6 @@ def _squad_release(rng: random.Random, n: int) -> dict:
     return {"version": "v2.0", "data": data}
 
 
-# --- BoolQ -------------------------------------------------------------------------------------
-
 # (title, passage, questions with their answers)
 _PASSAGES = [
     ("Circle", "A circle is a shape consisting of all points in a plane that are at a given distance from a given "
@@ -356,52 +338,36 @@ def _boolq_records(rng: random.Random, n: int) -> Iterable[dict]:
         yield {"question": question, "title": title, "answer": answer, "passage": passage}
 
 
-# --- writing ----------------------------------------------------------------------------------
-
-_Rows = Callable[[random.Random, int], Iterable[list[str]]]
-
-
-def _csv_file(rows: _Rows, bom: bool = False) -> Callable[[Path, random.Random, int], None]:
-    def write(path: Path, rng: random.Random, n: int) -> None:
+def _write(path: Path, content, bom: bool = False) -> None:
+    """A CSV file of rows, JSON lines of records, or one JSON document (a release, or records as a list)."""
+    if path.suffix == ".csv":
         # The csv module's default CRLF line ends match the releases.
         with path.open("w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
-            csv.writer(f).writerows(rows(rng, n))
-
-    return write
-
-
-def _json_lines_file(records: Callable[[random.Random, int], Iterable[dict]]) -> Callable[[Path, random.Random, int], None]:
-    def write(path: Path, rng: random.Random, n: int) -> None:
-        path.write_text("".join(json.dumps(r) + "\n" for r in records(rng, n)), encoding="utf-8")
-
-    return write
-
-
-def _json_file(release: Callable[[random.Random, int], object]) -> Callable[[Path, random.Random, int], None]:
-    def write(path: Path, rng: random.Random, n: int) -> None:
-        path.write_text(json.dumps(release(rng, n)), encoding="utf-8")
-
-    return write
+            csv.writer(f).writerows(content)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in content), encoding="utf-8")
+    else:
+        path.write_text(json.dumps(content if isinstance(content, dict) else list(content)), encoding="utf-8")
 
 
 def _files(n_truthfulqa: int, n_ethics: int, n_other: int):
-    """(file under out_dir, the name of its random stream, writer, its size)."""
-    yield "truthfulqa/TruthfulQA.csv", "truthfulqa_mc1", _csv_file(_truthfulqa_rows, bom=True), n_truthfulqa
-    yield "ethics/commonsense/cm_test.csv", "ethics_cm", _csv_file(_commonsense_rows), n_ethics
-    yield "ethics/deontology/deontology_test.csv", "ethics_deontology", _csv_file(_deontology_rows), n_ethics
-    yield "ethics/justice/justice_test.csv", "ethics_justice", _csv_file(_justice_rows), n_ethics
-    yield "ethics/utilitarianism/util_test.csv", "ethics_utilitarianism", _csv_file(_utilitarianism_rows), n_ethics
-    yield "ethics/virtue/virtue_test.csv", "ethics_virtue", _csv_file(_virtue_rows), n_ethics
+    """(file under out_dir, the name of its random stream, (rng, n) -> its rows or records, its size)."""
+    yield "truthfulqa/TruthfulQA.csv", "truthfulqa_mc1", _truthfulqa_rows, n_truthfulqa
+    yield "ethics/commonsense/cm_test.csv", "ethics_cm", _commonsense_rows, n_ethics
+    yield "ethics/deontology/deontology_test.csv", "ethics_deontology", _deontology_rows, n_ethics
+    yield "ethics/justice/justice_test.csv", "ethics_justice", _justice_rows, n_ethics
+    yield "ethics/utilitarianism/util_test.csv", "ethics_utilitarianism", _utilitarianism_rows, n_ethics
+    yield "ethics/virtue/virtue_test.csv", "ethics_virtue", _virtue_rows, n_ethics
     for subject in MMLU_SUBJECTS:  # one test question per subject keeps MMLU's 57 tasks cheap
-        yield f"mmlu/data/dev/{subject}_dev.csv", f"mmlu/dev/{subject}", _csv_file(_mmlu_rows(subject)), _MMLU_DEV
-        yield f"mmlu/data/test/{subject}_test.csv", f"mmlu/test/{subject}", _csv_file(_mmlu_rows(subject)), 1
-    yield "gsm8k/train.jsonl", "gsm8k/train", _json_lines_file(_gsm8k_records), 10  # 8 shots drawn from it
-    yield "gsm8k/test.jsonl", "gsm8k/test", _json_lines_file(_gsm8k_records), n_other
-    yield "mathqa/train.json", "mathqa/train", _json_file(lambda rng, n: list(_mathqa_records(rng, n))), 6  # 4 shots
-    yield "mathqa/test.json", "mathqa/test", _json_file(lambda rng, n: list(_mathqa_records(rng, n))), n_other
-    yield "squadv2/train-v2.0.json", "squadv2/train", _json_file(_squad_release), 4
-    yield "squadv2/dev-v2.0.json", "squadv2/dev", _json_file(_squad_release), n_other
-    yield "boolq/dev.jsonl", "boolq/dev", _json_lines_file(_boolq_records), n_other
+        yield f"mmlu/data/dev/{subject}_dev.csv", f"mmlu/dev/{subject}", partial(_mmlu_rows, subject), _MMLU_DEV
+        yield f"mmlu/data/test/{subject}_test.csv", f"mmlu/test/{subject}", partial(_mmlu_rows, subject), 1
+    yield "gsm8k/train.jsonl", "gsm8k/train", _gsm8k_records, 10  # 8 shots drawn from it
+    yield "gsm8k/test.jsonl", "gsm8k/test", _gsm8k_records, n_other
+    yield "mathqa/train.json", "mathqa/train", _mathqa_records, 6  # 4 shots
+    yield "mathqa/test.json", "mathqa/test", _mathqa_records, n_other
+    yield "squadv2/train-v2.0.json", "squadv2/train", _squad_release, 4
+    yield "squadv2/dev-v2.0.json", "squadv2/dev", _squad_release, n_other
+    yield "boolq/dev.jsonl", "boolq/dev", _boolq_records, n_other
 
 
 def write_nlp_fixtures(out_dir: Path, seed: int = 0, n_truthfulqa: int = 24, n_ethics: int = 24,
@@ -409,10 +375,11 @@ def write_nlp_fixtures(out_dir: Path, seed: int = 0, n_truthfulqa: int = 24, n_e
     """Write the benchmarks' files under `out_dir` (the `fixture` source's data root); returns their paths keyed by
     the path under `out_dir`. `n_other`: the documents of each evaluated split of GSM8K, MathQA, SQuAD v2 and BoolQ."""
     paths = {}
-    for relative, stream, write, n in _files(n_truthfulqa, n_ethics, n_other):
+    for relative, stream, make, n in _files(n_truthfulqa, n_ethics, n_other):
         path = Path(out_dir) / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         # One stream per file, so changing one file's size leaves the others' text alone.
-        write(path, random.Random(f"{seed}/{stream}"), n)
+        # TruthfulQA.csv starts with a byte-order mark.
+        _write(path, make(random.Random(f"{seed}/{stream}"), n), bom=make is _truthfulqa_rows)
         paths[relative] = path
     return paths

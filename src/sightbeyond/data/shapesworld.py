@@ -14,14 +14,18 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 from tqdm import tqdm
 
 from sightbeyond.config import Synth
+from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
 from sightbeyond.io import atomic_dir
+from sightbeyond.tasks.mme import COGNITION, PERCEPTION
 
 SHAPES = ("circle", "ring", "hexagon", "square", "diamond", "cross", "triangle", "star")
 # Shapes of a family co-occur more often, and some shapes are more frequent: this gives POPE's popular and
@@ -180,11 +184,7 @@ def llava_record(record_id: str, image: str, turns: list[tuple[str, str]], rng: 
 def pope_questions(scenes: dict[str, list[Shape]], rng: random.Random) -> dict[str, list[dict]]:
     """POPE's three negative samplings: uniform, most frequent overall, most co-occurring with what is present."""
     frequency = {k: sum(k in {s.kind for s in sc} for sc in scenes.values()) for k in SHAPES}
-    cooccur = {(a, b): 0 for a in SHAPES for b in SHAPES}
-    for sc in scenes.values():
-        for a in sc:
-            for b in sc:
-                cooccur[a.kind, b.kind] += a.kind != b.kind
+    cooccur = Counter((a.kind, b.kind) for sc in scenes.values() for a in sc for b in sc if a.kind != b.kind)
     splits: dict[str, list[dict]] = {"random": [], "popular": [], "adversarial": []}
     for image, scene in scenes.items():
         present = [s.kind for s in scene]
@@ -195,9 +195,8 @@ def pope_questions(scenes: dict[str, list[Shape]], rng: random.Random) -> dict[s
             "adversarial": sorted(absent, key=lambda k: -sum(cooccur[p, k] for p in present))[:3],
         }
         for split, negs in negatives.items():
-            qs = [(k, "yes") for k in present[:3]] + [(k, "no") for k in negs]
-            for kind, label in qs:
-                rows = splits[split]
+            rows = splits[split]
+            for kind, label in [(k, "yes") for k in present[:3]] + [(k, "no") for k in negs]:
                 rows.append({"question_id": len(rows) + 1, "image": image,
                              "text": f"Is there {article(kind)} {kind} in the image?", "label": label})
     return splits
@@ -209,8 +208,6 @@ def run(params) -> None:
 
 def generate(cfg: Synth, out: Path) -> None:
     """Write the whole ShapesWorld release to `out` (atomically)."""
-    from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
-
     rng = random.Random(cfg.seed)
     with atomic_dir(out) as tmp:
         # stage 1: LLaVA-CC3M-Pretrain-595K
@@ -273,8 +270,6 @@ def write_mm_benchmarks(cfg: Synth, out: Path) -> None:
 
 
 def _text_image(text: str, size: int, rng: random.Random) -> Image.Image:
-    from PIL import ImageFont
-
     img = Image.new("RGB", (size, size), tuple(rng.randint(10, 50) for _ in range(3)))
     ImageDraw.Draw(img).text((size / 2, size / 2), text, fill=(240, 240, 240), anchor="mm",
                              font=ImageFont.load_default(size=max(8, size // 5)))
@@ -336,8 +331,6 @@ def mme_pair(subtask: str, scene: list[Shape], size: int, rng: random.Random) ->
 
 def write_mme(cfg: Synth, out: Path, rng: random.Random) -> None:
     """MME_Benchmark_release_version: two questions per image, cognition images as PNG, perception as JPEG."""
-    from sightbeyond.tasks.mme import COGNITION, PERCEPTION
-
     for subtask in PERCEPTION + COGNITION:
         split = subtask in MME_FOLDERS_SPLIT
         image_dir = out / subtask / "images" if split else out / subtask
@@ -403,8 +396,6 @@ def out_of_distribution(img: Image.Image, situation: str, rng: random.Random) ->
             ImageDraw.Draw(img).rectangle((0, y, size, y + size // 8), fill=(128, 128, 128))
             return img
         case "context":  # the background is the most frequent colour: no shape fills a fifth of the image
-            import numpy as np
-
             pixels = np.array(img)
             pixels[(pixels == max(img.getcolors(size * size))[1]).all(-1)] = [rng.randint(190, 240) for _ in range(3)]
             return Image.fromarray(pixels)
@@ -417,8 +408,6 @@ def out_of_distribution(img: Image.Image, situation: str, rng: random.Random) ->
 
 def sketch(img: Image.Image) -> Image.Image:
     """Dark outlines on white, as a hand-drawn sketch."""
-    from PIL import ImageFilter, ImageOps
-
     edges = img.convert("L").filter(ImageFilter.FIND_EDGES).point(lambda v: 255 if v > 24 else 0)
     return ImageOps.invert(ImageOps.expand(edges.crop((1, 1, img.width - 1, img.height - 1)), 1))  # no frame
 

@@ -38,20 +38,18 @@ def run(params: Params) -> None:
         for name in ("conversation", "detail", "reasoning", "random20k"):
             source = find_file(root, INSTRUCT_FILES["full" if name == "random20k" else name])
             chosen, n = draw(source, cfg.size, cfg.seed)
-            wanted = iter(chosen)
-            next_index = next(wanted, None)
+            wanted = set(chosen)
             target = out / subset_file(name, cfg.size).name
             with target.open("w") as f:  # streamed out as read: one record in memory at a time
                 f.write("[")
                 written = 0
                 for i, record in enumerate(iter_records(source)):
-                    if i != next_index:
+                    if i not in wanted:
                         continue
                     if isinstance(record, Undecodable):
                         raise BadRecord(source, f"#{i}", record.reason)
                     f.write((",\n" if written else "\n") + json.dumps(record))
                     written += 1
-                    next_index = next(wanted, None)
                 f.write("\n]\n")
             manifest[name] = {"source": str(source), "source_records": n, "records": written, "seed": cfg.seed}
         write_json(out / "manifest.json", manifest)

@@ -7,9 +7,11 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoProcessor,
@@ -109,8 +111,6 @@ def starts_with_bos(tokenizer) -> bool:
 
 
 def load_processor(params: Params, template: str | None = None) -> LlavaProcessor:
-    from transformers import AutoImageProcessor
-
     weights = resolve_backbone(params)
     tokenizer = load_tokenizer(params, template)
     image_processor = AutoImageProcessor.from_pretrained(weights.vision)
@@ -183,8 +183,6 @@ def train_image_token_rows(model: SightLlava, tokenizer) -> None:
 def save_projector(model: SightLlava, state: dict[str, torch.Tensor], out: Path, tokenizer) -> None:
     """The projector and the image tokens' embedding rows, read from `state`, the model's whole state dict: under
     FSDP or ZeRO-3 the model's own parameters are shards, and the trainer's accelerator gathers them into `state`."""
-    from safetensors.torch import save_file
-
     projector = "model.multi_modal_projector."
     save_file({k[len(projector):]: v.detach().contiguous() for k, v in state.items() if k.startswith(projector)},
               str(out / PROJECTOR_FILE))
@@ -199,8 +197,6 @@ def save_projector(model: SightLlava, state: dict[str, torch.Tensor], out: Path,
 
 
 def load_projector(model: SightLlava, stage1_dir: Path, tokenizer) -> None:
-    from safetensors.torch import load_file
-
     saved = json.loads((stage1_dir / "projector.json").read_text())
     if saved["projector_type"] != model.config.projector_type:
         raise ConfigError(f"{stage1_dir}: stage-1 projector is {saved['projector_type']!r} but model.projector is "

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from sightbeyond.io import atomic_dir
 from sightbeyond.model.llava import PROJECTOR_FILE
@@ -42,8 +44,6 @@ class Imported:
 
 def extract_released_llm(src: Path, out: Path, projector_out: Path | None = None) -> Imported:
     """Write the LLM of the LLaVA checkpoint `src` to `out` (and its projector to `projector_out`, if given)."""
-    from safetensors.torch import save_file
-
     src, out = Path(src), Path(out)
     raw = read_llava_config(src)
     config = llama_config(raw)
@@ -119,8 +119,6 @@ def read_llava_config(src: Path) -> dict:
 
 def llama_config(raw: dict):
     """LlamaConfig from LLaVA's, without the multimodal keys; legacy keys (rope_theta, torch_dtype) are upgraded."""
-    from transformers import LlamaConfig
-
     upgraded = LlamaConfig(**{k: v for k, v in raw.items() if k not in ("model_type", "architectures")}).to_dict()
     known = LlamaConfig().to_dict().keys()  # leaves out mm_*, image_aspect_ratio, tune_mm_mlp_adapter, ...
     config = LlamaConfig(**{k: v for k, v in upgraded.items() if k in known})
@@ -129,8 +127,6 @@ def llama_config(raw: dict):
 
 
 def expected_shapes(config) -> dict[str, tuple[int, ...]]:
-    from transformers import LlamaForCausalLM
-
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
     if config.tie_word_embeddings:
@@ -156,8 +152,6 @@ def weight_files(src: Path) -> list[Path]:
 
 def load_shard(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     # mmap: tensors are read as they are written out, not all at once
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -229,8 +223,6 @@ def projector_format(raw: dict, projector: dict[str, torch.Tensor], src: Path) -
 
 def save_projector_weights(raw: dict, projector: dict[str, torch.Tensor], projector_type: str, out: Path) -> None:
     """Our stage-1 output format (see `load_projector`), plus what multimodal use of it needs to know."""
-    from safetensors.torch import save_file
-
     renames = PROJECTOR_KEYS[projector_type]
     with atomic_dir(out) as tmp:
         save_file({renames[k]: v.contiguous() for k, v in projector.items()}, str(tmp / PROJECTOR_FILE))

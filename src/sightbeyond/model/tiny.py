@@ -12,9 +12,13 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from tqdm import tqdm
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sightbeyond.config import Pretrain, TinyBackbone
+from sightbeyond.data import shapesworld as sw
+from sightbeyond.model.llava import chat_template
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]  # eos != 2: CLIP's text tower reads id 2 as "legacy argmax"
 
@@ -40,9 +44,6 @@ def grounded_chats(n: int, seed: int) -> list[str]:
     are yes/no chats in the stage-2 templates (two present and two absent shapes), one in four LLaVA's `plain`
     stage-1 layout: the description, then the same caption.
     """
-    from sightbeyond.data import shapesworld as sw
-    from sightbeyond.model.llava import chat_template
-
     if n == 0:
         return []
     rng = random.Random(seed)
@@ -76,8 +77,6 @@ def chat_texts(chat: list[dict], seed: int) -> list[str]:
     A hub LLM's tokenizer and weights know the templates' English (system prompts, USER/ASSISTANT); ours must learn it
     here, or a prompt becomes hundreds of single-character tokens, far past the positions the tiny LLM was trained on.
     """
-    from sightbeyond.model.llava import chat_template
-
     bootstrap = train_tokenizer([r["conversations"][1]["value"] for r in chat[:50]], vocab_size=300)
     rng, names = random.Random(seed), ("v0", "v1", "llama_2")
     out = []
@@ -90,9 +89,6 @@ def chat_texts(chat: list[dict], seed: int) -> list[str]:
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -119,8 +115,6 @@ def train(model, p: Pretrain, batch_loss, desc: str):
 
 
 def pretrain_llm(cfg: TinyBackbone, tokenizer, texts: list[str]):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(vocab_size=len(tokenizer), **cfg.llm.model_dump(), num_key_value_heads=cfg.llm.num_attention_heads,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
@@ -141,8 +135,6 @@ def pretrain_llm(cfg: TinyBackbone, tokenizer, texts: list[str]):
 
 
 def pretrain_clip(cfg: TinyBackbone, tokenizer, pairs: list[tuple[Path, str]], image_size: int):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
     c = cfg.clip
     config = CLIPConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=c.hidden_size, num_hidden_layers=2,

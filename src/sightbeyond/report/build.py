@@ -1,17 +1,7 @@
-"""Stage `report`: the paper's tables and figures rebuilt from the MLflow runs, written to reports/ and logged to the
-stage's own MLflow run (tag stage=report).
-
-reports/ (one folder per kind of output, so DVC can declare each: outs, plots, metrics)
-  README.md                             what each file shows, and which runs it read
-  tables/table{1,3,4,5}.md / .csv       the paper's tables in its shape, ours beside the paper's values
-  tables/values.csv                     every table value, one per line: intervals, tests, paper values, run ids
-  tables/ablation.md / .csv             every tuned LLM (each tuning, modality, data) against its base LLM
-  figures/fig{2,3,4,5}_*.png            Figures 2-5
-  plots/*.csv, plots/stepwise/*.csv     the figures' data, for `dvc plots`
-  metrics.json                          headline deltas against the base LLM, for `dvc metrics diff`
-  runs.json                             the runs read, per cell (a cached DVC output, not in git: a fresh clone
-                                        rebuilds the report from its own runs)
-"""
+"""Stage `report`: the paper's tables and figures rebuilt from the MLflow runs, written to reports/ (one folder per
+kind of output, so DVC can declare each; reports/README.md, written by `_readme`, says what each file shows) and
+logged to the stage's own MLflow run (tag stage=report). reports/runs.json, the runs read, is a cached DVC output
+and not in git: a fresh clone rebuilds the report from its own runs."""
 
 from __future__ import annotations
 

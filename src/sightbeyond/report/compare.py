@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from sightbeyond.report.reading import NONE, Cell, Results
+from sightbeyond.report.reading import NONE, Cell, Results, latest
 from sightbeyond.report.stats import Bootstrap, stars
 from sightbeyond.report.tables import SELECTION_MARKS, SPECS, scale
 
@@ -89,8 +89,6 @@ def _cell(text: str, results: Results, args: argparse.Namespace) -> Cell:
 
 
 def main(args: argparse.Namespace, experiment: str) -> None:
-    from sightbeyond.report.reading import latest
-
     results = latest(experiment, git_commit=args.commit, dvc_exp=args.dvc_exp)
     cells = [_cell(text, results, args) for text in args.cells] or \
         sorted((c for c in results.cells if c.stage == args.stage), key=lambda c: (c.backbone, c.tuning != NONE, c))

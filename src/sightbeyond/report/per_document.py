@@ -27,9 +27,13 @@ from sightbeyond.report.stats import Docs, mean, mean_of_strata, pooled
 
 
 def read(run_id: str, metric: str, logged: float) -> Docs | None:
-    for pattern, reader in _READERS:
+    for pattern, artifact, reader in _READERS:
         if m := re.fullmatch(pattern, metric):
-            docs = reader(run_id, metric, *m.groups())
+            if artifact is None:
+                docs = reader(run_id, metric)
+            else:
+                table = _load(run_id, artifact.format(*m.groups()))
+                docs = None if table is None else reader(_records(table), *m.groups())
             break
     else:
         return None
@@ -45,9 +49,6 @@ def read(run_id: str, metric: str, logged: float) -> Docs | None:
 def _docs(keys: list, values: list, strata: list[int] | None = None, statistic=mean) -> Docs:
     return Docs(np.array(keys, dtype=object), np.array(values, dtype=float),
                 np.array(strata if strata is not None else [0] * len(keys)), statistic)
-
-
-# ---- artifacts
 
 
 @functools.cache
@@ -81,14 +82,6 @@ def _records(obj) -> list[dict]:
     if isinstance(obj, dict) and {"columns", "data"} <= obj.keys():  # mlflow.log_table's layout
         return [dict(zip(obj["columns"], row)) for row in obj["data"]]
     return obj if isinstance(obj, list) else []
-
-
-def _table(run_id: str, path: str) -> list[dict] | None:
-    obj = _load(run_id, path)
-    return None if obj is None else _records(obj)
-
-
-# ---- eval_nlp: lm-eval's samples
 
 
 @functools.cache
@@ -151,15 +144,9 @@ def _nlp(run_id: str, metric: str) -> Docs | None:
     return _docs(keys, values, strata, mean_of_strata if len(parts) > 1 else mean)
 
 
-# ---- eval_mm: the prediction tables
-
-
-def _pope(run_id: str, metric: str, split: str) -> Docs | None:
+def _pope(rows: list[dict], split: str) -> Docs:
     from sightbeyond.tasks.pope import parse_answer
 
-    rows = _table(run_id, f"pope_{split}_predictions.json")
-    if rows is None:
-        return None
     per_image: dict[str, list[int]] = {}  # POPE asks six questions of each image: the image is what is resampled
     for r in rows:
         counts = per_image.setdefault(r["image"], [0, 0])
@@ -173,12 +160,9 @@ def mme_score(values: np.ndarray, strata: np.ndarray) -> np.ndarray:
     return sum(100 * values[:, strata == s].mean(axis=1).sum(axis=-1) for s in np.unique(strata))
 
 
-def _mme(run_id: str, metric: str, which: str) -> Docs | None:
+def _mme(rows: list[dict], which: str) -> Docs:
     from sightbeyond.tasks.mme import COGNITION, PERCEPTION
 
-    rows = _table(run_id, "mme_predictions.json")
-    if rows is None:
-        return None
     subtasks = {"perception": PERCEPTION, "cognition": COGNITION}.get(which, (which,))
     images: dict[tuple[str, str], list[bool]] = {}
     for r in rows:
@@ -189,47 +173,36 @@ def _mme(run_id: str, metric: str, which: str) -> Docs | None:
                  [names.index(s) for s, _ in images], mme_score)
 
 
-def _captions(run_id: str, metric: str, name: str) -> Docs | None:
+def _captions(rows: list[dict], name: str) -> Docs:
     # CIDEr's document frequencies come from the whole test set; resampling images keeps each one's score fixed,
     # the usual approximation (pycocoevalcap's corpus score is the mean of these)
-    rows = _table(run_id, f"{name}_predictions.json")
-    if rows is None:
-        return None
     return _docs([r["image"] for r in rows], [r["cider"] for r in rows])
 
 
-def _coco_c(run_id: str, metric: str) -> Docs | None:
-    rows = _table(run_id, "coco_c_predictions.json")
-    if rows is None:
-        return None
+def _coco_c(rows: list[dict]) -> Docs:
     per_image: dict[str, list[float]] = {}
     for r in rows:  # every image has every corruption x severity, so the mean of images' means is the mean of cells
         per_image.setdefault(r["image"], []).append(r["cider"])
     return _docs(list(per_image), [np.mean(v) for v in per_image.values()])
 
 
-def _oodcv(run_id: str, metric: str) -> Docs | None:
-    rows = _table(run_id, "unicorn_oodcv_predictions.json")
-    if rows is None:
-        return None
+def _oodcv(rows: list[dict]) -> Docs:
     last = {r["image"]: bool(r["correct"]) for r in rows}  # the official scorer keeps each image's last question
     return _docs(list(last), list(last.values()))
 
 
-def _sketch(run_id: str, metric: str) -> Docs | None:
-    rows = _table(run_id, "unicorn_sketch_predictions.json")
-    if rows is None:
-        return None
+def _sketch(rows: list[dict]) -> Docs:
     parsed = [r for r in rows if r["parsed"] != "unparsed"]  # the official accuracy is over parsed answers only
     return _docs([f"{r['image']}:{r['question']}" for r in parsed], [r["parsed"] == r["label"].lower() for r in parsed])
 
 
+# (metric, the prediction table it is read from (None: lm-eval's samples), reader)
 _READERS = (
-    (r"pope_(\w+)/acc", _pope),
-    (r"mme/(\w+)", _mme),
-    (r"(coco|flickr30k)/cider", _captions),
-    (r"coco_c/cider", _coco_c),
-    (r"unicorn_oodcv/acc", _oodcv),
-    (r"unicorn_sketch/acc", _sketch),
-    (r"\w+/\w+", _nlp),
+    (r"pope_(\w+)/acc", "pope_{}_predictions.json", _pope),
+    (r"mme/(\w+)", "mme_predictions.json", _mme),
+    (r"(coco|flickr30k)/cider", "{}_predictions.json", _captions),
+    (r"coco_c/cider", "coco_c_predictions.json", _coco_c),
+    (r"unicorn_oodcv/acc", "unicorn_oodcv_predictions.json", _oodcv),
+    (r"unicorn_sketch/acc", "unicorn_sketch_predictions.json", _sketch),
+    (r"\w+/\w+", None, _nlp),
 )

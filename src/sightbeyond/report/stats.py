@@ -8,6 +8,7 @@ documents are resampled together, which is what makes small differences detectab
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -160,11 +161,7 @@ def mcnemar(a: np.ndarray, b: np.ndarray, *, mid_p: bool = True) -> float:
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
     n, k = only_a + only_b, min(only_a, only_b)
-    term = tail = 0
-    for i in range(k + 1):  # tail = sum of C(n, i) for i <= k; term ends as C(n, k)
-        term = 1 if i == 0 else term * (n - i + 1) // i
-        tail += term
-    twice_tail = 2 * tail - (term if mid_p else 0)
+    twice_tail = 2 * sum(math.comb(n, i) for i in range(k + 1)) - (math.comb(n, k) if mid_p else 0)
     return min(1.0, twice_tail / 2**n)
 
 

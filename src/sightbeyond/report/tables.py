@@ -196,19 +196,12 @@ def _entry(row: Row, cell: Cell, metric: str, column: Column, results: Results, 
     return entry
 
 
-# ---- rendering
-
-
-def _number(x: float, percent: bool) -> str:
-    return f"{x:.1f}" + ("%" if percent else "")
-
-
 def format_entry(entry: Entry, percent: bool) -> str:
     """`59.1% (+8.7%)* [+6.1, +11.2]`: value, delta with stars, the delta's 95% interval (the value's where there
     is no delta); MISSING without a run."""
     if entry.value is None:
         return MISSING
-    text = _number(entry.value, percent)
+    text = f"{entry.value:.1f}" + ("%" if percent else "")
     if entry.delta is not None:
         c = entry.comparison
         text += f" ({entry.delta:+.1f}{entry.delta_unit})"

@@ -34,9 +34,9 @@ def read(reader: str, files: dict[str, Path], dataset_name: str | None, **_metad
     """
     import datasets
 
-    convert, features = READERS[reader]
     return datasets.DatasetDict({
-        split: _dataset(convert(Path(path), dataset_name), datasets.Features(features())) for split, path in files.items()
+        split: _dataset(READERS[reader](Path(path), dataset_name), datasets.Features(_features(reader)))
+        for split, path in files.items()
     })
 
 
@@ -49,9 +49,6 @@ def _dataset(rows: list[dict[str, Any]], features: datasets.Features) -> dataset
     # datasets held in memory write no cache, so any fingerprint serves.
     table = InMemoryTable.from_pylist([features.encode_example(r) for r in rows], schema=features.arrow_schema)
     return datasets.Dataset(table, info=datasets.DatasetInfo(features=features), fingerprint=generate_random_fingerprint())
-
-
-# --- CSV releases: TruthfulQA, ETHICS, MMLU --------------------------------------------------------------------
 
 
 def _csv(path: Path, columns: tuple[str, ...], *, header: bool, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, str]]]:
@@ -133,13 +130,6 @@ def truthfulqa_mc(path: Path, _: str | None) -> list[dict[str, Any]]:
     return docs
 
 
-def _truthfulqa_mc_features() -> dict:
-    from datasets import Sequence, Value
-
-    targets = {"choices": Sequence(Value("string")), "labels": Sequence(Value("int32"))}
-    return {"question": Value("string"), "mc1_targets": targets, "mc2_targets": targets}
-
-
 def _split_answers(cell: str) -> list[str]:
     # as the hub's loading script splits them (its `_split_csv_list`)
     return [a.strip() for a in cell.strip().split(";")]
@@ -159,14 +149,6 @@ def truthfulqa_gen(path: Path, _: str | None) -> list[dict[str, Any]]:
         }
         for row in _truthfulqa(path)
     ]
-
-
-def _truthfulqa_gen_features() -> dict:
-    from datasets import Sequence, Value
-
-    text = Value("string")
-    return {"type": text, "category": text, "question": text, "best_answer": text,
-            "correct_answers": Sequence(text), "incorrect_answers": Sequence(text), "source": text}
 
 
 def ethics_commonsense(path: Path, _: str | None) -> list[dict[str, Any]]:
@@ -211,15 +193,6 @@ def ethics_utilitarianism(path: Path, _: str | None) -> list[dict[str, Any]]:
             for _, row in _csv(path, ("activity", "baseline"), header=False)]
 
 
-def _ethics_features(**fields: str) -> Callable[[], dict]:
-    def features() -> dict:
-        from datasets import Value
-
-        return {name: Value(dtype) for name, dtype in fields.items()}
-
-    return features
-
-
 def mmlu(path: Path, subject: str | None) -> list[dict[str, Any]]:
     """data/{dev,test}/<subject>_{dev,test}.csv (no header: question, the four options, the letter) -> `cais/mmlu`."""
     docs = []
@@ -229,16 +202,6 @@ def mmlu(path: Path, subject: str | None) -> list[dict[str, Any]]:
         docs.append({"question": row["question"], "subject": subject, "choices": [row[c] for c in "ABCD"],
                      "answer": "ABCD".index(row["answer"])})
     return docs
-
-
-def _mmlu_features() -> dict:
-    from datasets import ClassLabel, Sequence, Value
-
-    return {"question": Value("string"), "subject": Value("string"), "choices": Sequence(Value("string")),
-            "answer": ClassLabel(names=["A", "B", "C", "D"])}
-
-
-# --- JSON releases: GSM8K, BoolQ (JSON lines), MathQA, SQuAD v2 --------------------------------------------------
 
 
 def _json_lines(path: Path, fields: dict[str, type]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -280,15 +243,6 @@ def gsm8k(path: Path, _: str | None) -> list[dict[str, Any]]:
     return docs
 
 
-def _text_features(*names: str) -> Callable[[], dict]:
-    def features() -> dict:
-        from datasets import Value
-
-        return {name: Value("string") for name in names}
-
-    return features
-
-
 def boolq(path: Path, _: str | None) -> list[dict[str, Any]]:
     """dev.jsonl / train.jsonl of google-research-datasets/boolean-questions -> `super_glue/boolq`, whose
     passage is SuperGLUE's "<title> -- <passage>", whose idx is the line's index and whose label is the answer."""
@@ -296,13 +250,6 @@ def boolq(path: Path, _: str | None) -> list[dict[str, Any]]:
         {"question": r["question"], "passage": f"{r['title']} -- {r['passage']}", "idx": i, "label": int(r["answer"])}
         for i, (_, r) in enumerate(_json_lines(path, {"question": str, "title": str, "passage": str, "answer": bool}))
     ]
-
-
-def _boolq_features() -> dict:
-    from datasets import ClassLabel, Value
-
-    return {"question": Value("string"), "passage": Value("string"), "idx": Value("int32"),
-            "label": ClassLabel(names=["False", "True"])}
 
 
 def _json(path: Path) -> Any:
@@ -356,26 +303,35 @@ def squad_v2(path: Path, _: str | None) -> list[dict[str, Any]]:
     return docs
 
 
-def _squad_features() -> dict:
-    from datasets import Sequence, Value
+def _features(reader: str) -> dict:
+    """The features of the hub dataset whose rows `reader` writes."""
+    from datasets import ClassLabel, Sequence, Value
+
+    def values(**dtypes: str) -> dict:
+        return {name: Value(dtype) for name, dtype in dtypes.items()}
 
     text = Value("string")
-    return {"id": text, "title": text, "context": text, "question": text,
-            "answers": Sequence({"text": text, "answer_start": Value("int32")})}
+    targets = {"choices": Sequence(text), "labels": Sequence(Value("int32"))}
+    return {
+        "truthfulqa_mc": {"question": text, "mc1_targets": targets, "mc2_targets": targets},
+        "truthfulqa_gen": {"type": text, "category": text, "question": text, "best_answer": text,
+                           "correct_answers": Sequence(text), "incorrect_answers": Sequence(text), "source": text},
+        "ethics_commonsense": values(label="int64", input="string", is_short="bool", edited="bool"),
+        "ethics_deontology": values(group_id="int64", label="int64", scenario="string", excuse="string"),
+        "ethics_justice": values(group_id="int64", label="int64", scenario="string"),
+        "ethics_utilitarianism": values(activity="string", baseline="string", rating="string"),
+        "ethics_virtue": values(group_id="int64", label="int64", scenario="string", trait="string"),
+        "mmlu": {"question": text, "subject": text, "choices": Sequence(text), "answer": ClassLabel(names=["A", "B", "C", "D"])},
+        "gsm8k": dict.fromkeys(("question", "answer"), text),
+        "mathqa": dict.fromkeys(_MATHQA, text),
+        "squad_v2": {"id": text, "title": text, "context": text, "question": text,
+                     "answers": Sequence({"text": text, "answer_start": Value("int32")})},
+        "boolq": {"question": text, "passage": text, "idx": Value("int32"), "label": ClassLabel(names=["False", "True"])},
+    }[reader]
 
 
-# reader name (benchmarks.yaml) -> (file -> rows, the hub dataset's features)
-READERS: dict[str, tuple[Callable[[Path, str | None], list[dict[str, Any]]], Callable[[], dict]]] = {
-    "truthfulqa_mc": (truthfulqa_mc, _truthfulqa_mc_features),
-    "truthfulqa_gen": (truthfulqa_gen, _truthfulqa_gen_features),
-    "ethics_commonsense": (ethics_commonsense, _ethics_features(label="int64", input="string", is_short="bool", edited="bool")),
-    "ethics_deontology": (ethics_deontology, _ethics_features(group_id="int64", label="int64", scenario="string", excuse="string")),
-    "ethics_justice": (ethics_justice, _ethics_features(group_id="int64", label="int64", scenario="string")),
-    "ethics_utilitarianism": (ethics_utilitarianism, _ethics_features(activity="string", baseline="string", rating="string")),
-    "ethics_virtue": (ethics_virtue, _ethics_features(group_id="int64", label="int64", scenario="string", trait="string")),
-    "mmlu": (mmlu, _mmlu_features),
-    "gsm8k": (gsm8k, _text_features("question", "answer")),
-    "mathqa": (mathqa, _text_features(*_MATHQA)),
-    "squad_v2": (squad_v2, _squad_features),
-    "boolq": (boolq, _boolq_features),
+# reader name (benchmarks.yaml) -> file -> rows of the hub dataset
+READERS: dict[str, Callable[[Path, str | None], list[dict[str, Any]]]] = {
+    f.__name__: f for f in (truthfulqa_mc, truthfulqa_gen, ethics_commonsense, ethics_deontology, ethics_justice,
+                            ethics_utilitarianism, ethics_virtue, mmlu, gsm8k, mathqa, squad_v2, boolq)
 }

@@ -61,28 +61,21 @@ def describe(stage: str, params: Params, tags: dict[str, str]) -> str:
         (f"; {cell}." if cell else ".")
 
 
-def check_store(uri: str) -> str:
-    """A SQLite store must be writable, and its folder too (SQLite writes a journal beside it): else SQLAlchemy's
-    traceback, which names neither, comes in the middle of a stage."""
+def open_store(uri: str) -> str:
+    """Point MLflow at the store. A SQLite store must be writable, and its folder too (SQLite writes a journal beside
+    it): else SQLAlchemy's traceback, which names neither, comes in the middle of a stage. A new one is created (its
+    schema migrated) by one process at a time: grid cells started together (`dvc queue start -j N`) would otherwise
+    race on the migration, and the losers' runs are lost (measured: benchmarks/tracking_concurrency.py)."""
+    import mlflow
+
     if uri.startswith("sqlite:///"):
+        from filelock import FileLock
+
         path = Path(uri.removeprefix("sqlite:///"))
         if (path.exists() and not os.access(path, os.W_OK)) or not os.access(path.parent, os.W_OK):
             raise NotWritable(f"{path}: the MLflow store (or its folder) is read-only; make it writable or point "
                               "MLFLOW_TRACKING_URI at another store")
-    return uri
-
-
-def open_store(uri: str) -> str:
-    """Point MLflow at the store. A new SQLite store is created (its schema migrated) by one process at a time:
-    grid cells started together (`dvc queue start -j N`) would otherwise race on the migration, and the losers'
-    runs are lost (measured: benchmarks/tracking_concurrency.py)."""
-    import mlflow
-
-    check_store(uri)
-    if uri.startswith("sqlite:///"):
-        from filelock import FileLock
-
-        with FileLock(f"{uri.removeprefix('sqlite:///')}.lock", timeout=600):
+        with FileLock(f"{path}.lock", timeout=600):
             mlflow.MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates the schema
     mlflow.set_tracking_uri(uri)
     return uri

@@ -79,10 +79,6 @@ def find(trainer_dir: Path, fp: str) -> Resume:
     return Resume(None, None, {})
 
 
-def remember(trainer_dir: Path, fp: str, run_id: str) -> None:
-    write_json(trainer_dir / RUN_FILE, {"fingerprint": fp, "run_id": run_id})
-
-
 @contextlib.contextmanager
 def resumable_run(stage: str, params: Params, *, trainer_dir: Path, fingerprint: str, **stage_run_args) -> Iterator[Resume]:
     """The stage's MLflow run, continued if a killed attempt of the same configuration left one; on success the
@@ -92,7 +88,7 @@ def resumable_run(stage: str, params: Params, *, trainer_dir: Path, fingerprint:
     resume = find(trainer_dir, fingerprint)
     with stage_run(stage, params, run_id=resume.run_id, system_metrics=True, **stage_run_args) as run:
         if run is not None:
-            remember(trainer_dir, fingerprint, run.info.run_id)
+            write_json(trainer_dir / RUN_FILE, {"fingerprint": fingerprint, "run_id": run.info.run_id})
         yield resume
     if is_main_process():
         shutil.rmtree(trainer_dir, ignore_errors=True)

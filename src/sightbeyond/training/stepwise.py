@@ -3,13 +3,17 @@ run at the training step; optionally the model of the step where a chosen metric
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from sightbeyond.config import ConfigError, Params
-from sightbeyond.layout import BEST, SELECTION
+from sightbeyond.io import atomic_dir, is_main_process
+from sightbeyond.layout import BEST, SELECTION, nlp_data_root
+from sightbeyond.tasks.nlp import check_files, fixed_subsample, holdout as held_out, load_tasks, metric_names
+from sightbeyond.tasks.stepwise_eval import StepwiseEvaluator
 from sightbeyond.training.common import unwrap_causal_lm
 
 
@@ -31,8 +35,6 @@ class StepwiseEvalCallback(TrainerCallback):
     def __init__(self, tokenizer, tasks: list[str], data_root: Path | None, *, every: int, limit: int | None,
                  batch_size: int, logged_through: int = -1, best_metric: str | None = None,
                  add_bos_token: bool | None = None, holdout: float | None = None):
-        from sightbeyond.tasks.nlp import check_files, fixed_subsample, holdout as held_out, load_tasks, metric_names
-
         known = metric_names(tasks)
         if best_metric is not None and best_metric not in known:
             raise ConfigError(f"stage2.best_metric {best_metric!r} is not a step-wise metric of {tasks}: {sorted(known)}")
@@ -51,16 +53,12 @@ class StepwiseEvalCallback(TrainerCallback):
 
     @classmethod
     def from_params(cls, params: Params, tokenizer) -> StepwiseEvalCallback:
-        from sightbeyond.layout import nlp_data_root
-
         cfg, sizing = params.stage2, params.hparams.stage2
         return cls(tokenizer, cfg.stepwise_tasks, nlp_data_root(params), every=sizing.eval_steps, limit=sizing.stepwise_limit,
                    batch_size=params.eval_nlp.batch_size, best_metric=cfg.best_metric,
                    add_bos_token=params.eval_nlp.add_bos_token, holdout=cfg.selection_holdout)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from sightbeyond.tasks.stepwise_eval import StepwiseEvaluator
-
         self.best_dir = Path(args.output_dir) / BEST
         # every process scores its share of the documents (DDP: each holds the whole model)
         was_training = model.training
@@ -105,17 +103,11 @@ class StepwiseEvalCallback(TrainerCallback):
 
     def move_best(self, out: Path) -> None:
         """Move the best step's model into `out` (as `out/best`): the Trainer's directory goes once stage 2 is done."""
-        from sightbeyond.io import is_main_process
-
         if self.best_dir is not None and self.best_dir.exists() and is_main_process():
             shutil.move(self.best_dir, Path(out) / BEST)
 
     @staticmethod
     def _keep(out: Path, model, processing, selection: dict) -> None:
-        import json
-
-        from sightbeyond.io import atomic_dir
-
         with atomic_dir(out) as tmp:
             model.save_pretrained(str(tmp))
             if processing is not None:
