@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score
 
 from sightbeyond.cli import _overrides
 from sightbeyond.config import load_params
-from sightbeyond.data import shapesworld as sw
+from sightbeyond.embedded import shapesworld as sw
 from sightbeyond.tasks.pope import read_pope
 from sightbeyond.model.llava import build_llava, language_model_view, load_processor, load_tuned
 from sightbeyond.layout import Cell

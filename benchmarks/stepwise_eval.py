@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from sightbeyond.config import Stage2
-from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
+from sightbeyond.embedded.nlp_fixtures import write_nlp_fixtures
 from sightbeyond.tasks.nlp import evaluate_loaded, fixed_subsample, load_tasks, quiet
 from sightbeyond.tasks.stepwise_eval import StepwiseEvaluator
 

@@ -24,7 +24,7 @@ def tiny_backbone(tmp_path_factory) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, LlamaConfig, LlamaForCausalLM
 
-    from sightbeyond.model.tiny import train_tokenizer
+    from sightbeyond.embedded.tiny import train_tokenizer
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("backbone")
@@ -74,7 +74,7 @@ def tiny_project(tmp_path, params_for):
     """A project directory (params.yaml, a prepared text split, NLP fixtures) that `python -m sightbeyond` can run in."""
     import yaml
 
-    from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
+    from sightbeyond.embedded.nlp_fixtures import write_nlp_fixtures
     from sightbeyond.data.prepare import save
 
     def make(name: str = "project", rows: int = 200, **overrides) -> Path:

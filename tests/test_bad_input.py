@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_cli
 from sightbeyond.config import ConfigError
-from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
+from sightbeyond.embedded.nlp_fixtures import write_nlp_fixtures
 
 
 def failed(proc) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sightbeyond.config import load_params
-from sightbeyond.data.shapesworld import write_mm_benchmarks
+from sightbeyond.embedded.shapesworld import write_mm_benchmarks
 from sightbeyond.evaluation.mm_stage import load_benchmarks, load_image
 
 ROOT = Path(__file__).resolve().parents[1]

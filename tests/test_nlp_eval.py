@@ -13,7 +13,7 @@ from datasets import Dataset, DatasetDict
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from sightbeyond.data.nlp_fixtures import MMLU_SUBJECTS, write_nlp_fixtures
+from sightbeyond.embedded.nlp_fixtures import MMLU_SUBJECTS, write_nlp_fixtures
 from sightbeyond.tasks import squad_v2
 from sightbeyond.tasks.lm_eval_index import leaves, official_config
 from sightbeyond.tasks.nlp import (

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from sightbeyond.model.released import extract_released_llm
-from sightbeyond.model.tiny import train_tokenizer
+from sightbeyond.embedded.tiny import train_tokenizer
 
 TEXT = "Is there a red circle in the image? No, there is a blue square."
 LLAVA_TOKENS = ["<im_patch>", "<im_start>", "<im_end>"]

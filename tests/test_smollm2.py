@@ -190,7 +190,7 @@ def test_step_wise_scores_equal_hflms_with_grouped_query_attention(smollm2_two_l
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
+    from sightbeyond.embedded.nlp_fixtures import write_nlp_fixtures
     from sightbeyond.tasks.nlp import evaluate_loaded, load_tasks
     from sightbeyond.tasks.stepwise_eval import StepwiseEvaluator
 

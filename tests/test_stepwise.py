@@ -11,7 +11,7 @@ from lm_eval.models.huggingface import HFLM
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sightbeyond.config import ConfigError, load_params
-from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
+from sightbeyond.embedded.nlp_fixtures import write_nlp_fixtures
 from sightbeyond.tasks.nlp import evaluate_loaded, fixed_subsample, load_tasks
 from sightbeyond.tasks.stepwise_eval import StepwiseEvaluator
 from sightbeyond.layout import BEST

@@ -1,7 +1,7 @@
 import re
 
-from sightbeyond.data.shapesworld import SHAPES
-from sightbeyond.model.tiny import grounded_chats
+from sightbeyond.embedded.shapesworld import SHAPES
+from sightbeyond.embedded.tiny import grounded_chats
 
 DESCRIPTION = re.compile(r"((?:an? \w+ \w+(?:, | and )?)+) on a dark background \.")
 QUESTION_ANSWER = re.compile(r"Is there an? (\w+) in the image\?.*?(Yes|No), there", re.S)

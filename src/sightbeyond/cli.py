@@ -104,7 +104,7 @@ def _import_released(params, args) -> None:
 
 
 COMMANDS = {
-    "synth": _stage("data.shapesworld"), "backbone": _stage("model.backbone"),
+    "synth": _stage("embedded.shapesworld"), "backbone": _stage("model.backbone"),
     "check": lambda params, args: print(resolve_backbone(params)),
     "subsets": _stage("data.subsets"), "prepare": _stage("data.prepare", "split"), "stage1": _stage("training.stage1"),
     "stage2": _stage("training.stage2", "tuning", "modality"), "extract": _stage("model.extract", "tuning", "modality"),

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from sightbeyond.config import Params
 
+SYNTH = Path("data/shapesworld")  # the embedded default's data, in the real datasets' layouts
+FIXTURES = SYNTH / "nlp"  # its benchmark files, in the releases' layouts
 PREPARED = Path("data/prepared")
-FIXTURES = Path("data/shapesworld/nlp")  # the embedded default's benchmark files, in the releases' layouts
 MODELS = Path("models")
+BACKBONES = MODELS / "backbones"  # each backbone as the `backbone` stage leaves it: built, converted or resolved
 CHECKPOINTS = Path("checkpoints")  # the Trainer's working directories, outside the DVC outputs
 BEST = "best"  # stage 2's output holds the best step's model here when stage2.best_metric chose one
 SELECTION = "selection.json"  # beside it: how it was chosen (metric, step, value, on which documents)

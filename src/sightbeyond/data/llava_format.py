@@ -7,6 +7,7 @@ human turns. Each bad record stops the stage with its file, id and reason, or is
 from __future__ import annotations
 
 import json
+from importlib import resources
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,11 +19,21 @@ from tqdm import tqdm
 from sightbeyond.io import undecodable
 
 IMAGE_TOKEN = "<image>"
+# LLaVA v1's `mm_use_im_start_end`: each image's patch tokens between two added tokens
+IMAGE_START, IMAGE_END = "<im_start>", "<im_end>"
 ROLES = {"human": "user", "gpt": "assistant"}
 # LLaVA-Instruct-150K's files, as released
 INSTRUCT_FILES = {"full": "llava_instruct_*.json", "conversation": "conversation_*.json",
                   "detail": "detail_*.json", "reasoning": "complex_reasoning_*.json"}
 
+
+
+def chat_template(name: str, image_start_end: bool = False) -> str:
+    """The conversation template `name` (templates/<name>.jinja: the text stage 1 and 2 train on, and which turns the
+    loss covers); an image is written as `image`, which the processor expands to one token per patch."""
+    image = f"{IMAGE_START}{IMAGE_TOKEN}{IMAGE_END}" if image_start_end else IMAGE_TOKEN
+    return ("{%- set image = '" + image + "' -%}\n" +
+            resources.files("sightbeyond.data.templates").joinpath(f"{name}.jinja").read_text())
 
 class BadRecord(ValueError):
     def __init__(self, file: Path, record: str, reason: str):

@@ -13,9 +13,7 @@ from pathlib import Path
 
 from sightbeyond.config import Params
 from sightbeyond.io import atomic_dir
-
-BACKBONES = Path("models/backbones")
-SYNTH = Path("data/shapesworld")
+from sightbeyond.layout import BACKBONES, SYNTH
 
 
 def backbone_dir(params: Params) -> Path:
@@ -23,7 +21,7 @@ def backbone_dir(params: Params) -> Path:
 
 
 def run(params: Params) -> None:
-    from sightbeyond.model import tiny
+    from sightbeyond.embedded import tiny
     from sightbeyond.model.gguf import convert, gguf_path, sha256
     from sightbeyond.model.weights import hub_revision, resolve_backbone
 

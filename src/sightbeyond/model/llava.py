@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -26,23 +25,14 @@ from transformers import (
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from sightbeyond.config import ConfigError, Modality, Params, Tuning
-from sightbeyond.data.llava_format import IMAGE_TOKEN
+from sightbeyond.data.llava_format import IMAGE_END, IMAGE_START, IMAGE_TOKEN, chat_template
 from sightbeyond.layout import BEST, Cell
 from sightbeyond.model.weights import resolve_backbone, resolve_llm
 
-# LLaVA v1's `mm_use_im_start_end`: each image's patch tokens between two added tokens
-IMAGE_START, IMAGE_END = "<im_start>", "<im_end>"
 PROJECTOR_FILE = "projector.safetensors"
 # where a template's answer ends when it is not the EOS token: LLaVA's conv_v0 separates rounds with "###"
 STOP_STRINGS = {"v0": "###"}
 IMAGE_ROWS_FILE = "image_token_rows.safetensors"  # stage 1's rows of <im_start> and <im_end>
-
-
-def chat_template(name: str, image_start_end: bool = False) -> str:
-    """The template `name`; an image is written as `image`, which the processor expands to one token per patch."""
-    image = f"{IMAGE_START}{IMAGE_TOKEN}{IMAGE_END}" if image_start_end else IMAGE_TOKEN
-    return ("{%- set image = '" + image + "' -%}\n" +
-            resources.files("sightbeyond.model.templates").joinpath(f"{name}.jinja").read_text())
 
 
 class LinearProjector(nn.Module):

@@ -23,8 +23,9 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 from tqdm import tqdm
 
 from sightbeyond.config import Synth
-from sightbeyond.data.nlp_fixtures import write_nlp_fixtures
+from sightbeyond.embedded.nlp_fixtures import write_nlp_fixtures
 from sightbeyond.io import atomic_dir
+from sightbeyond.layout import SYNTH
 from sightbeyond.tasks.mme import COGNITION, PERCEPTION
 
 SHAPES = ("circle", "ring", "hexagon", "square", "diamond", "cross", "triangle", "star")
@@ -203,7 +204,7 @@ def pope_questions(scenes: dict[str, list[Shape]], rng: random.Random) -> dict[s
 
 
 def run(params) -> None:
-    generate(params.synth, Path("data/shapesworld"))
+    generate(params.synth, SYNTH)
 
 
 def generate(cfg: Synth, out: Path) -> None:

@@ -17,8 +17,8 @@ from tqdm import tqdm
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sightbeyond.config import Pretrain, TinyBackbone
-from sightbeyond.data import shapesworld as sw
-from sightbeyond.model.llava import chat_template
+from sightbeyond.embedded import shapesworld as sw
+from sightbeyond.data.llava_format import chat_template
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]  # eos != 2: CLIP's text tower reads id 2 as "legacy argmax"
 
