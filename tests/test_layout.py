@@ -10,8 +10,10 @@ from pathlib import Path
 from conftest import ROOT
 
 
-def test_dvc_yaml_declares_the_paths_the_stages_write():
+def test_dvc_yaml_declares_the_paths_the_stages_write(monkeypatch):
     from dvc.repo import Repo
+
+    monkeypatch.chdir(ROOT)  # DVC names stages relative to the working directory, which a CLI test may have moved
 
     from sightbeyond.config import load_params
     from sightbeyond.layout import Cell

@@ -172,12 +172,12 @@ def test_table1_from_the_papers_numbers_gives_the_papers_deltas(store):
 
 def test_per_document_results_give_intervals_and_significance(store):
     results = latest(EXPERIMENT)
-    base, tuned = Cell.base("tiny"), Cell("eval_nlp", "tiny", "ft", "image", "full")
+    base, tuned = Cell.base("tiny"), Cell("tiny", "ft", "image", "full")
     for cell, right in ((base, store["base"]), (tuned, store["tuned"])):
         docs = results.docs(cell, "truthfulqa_mc1/acc")
         assert np.array_equal(docs.values, right["truthfulqa_mc1"].astype(float))
         assert results.docs(cell, "ethics/acc").score() == pytest.approx(results.value(cell, "ethics/acc"))
-    text = Cell("eval_nlp", "tiny", "ft", "text", "full")
+    text = Cell("tiny", "ft", "text", "full")
     assert results.docs(text, "ethics/acc") is not None                  # JSON-lines samples
     c = results.compare(base, tuned, "truthfulqa_mc1/acc", BOOT)
     assert c.test == "mcnemar"
@@ -201,7 +201,7 @@ def test_table5_relative_drop_paired_by_image(store):
 
 def test_multimodal_readers_reproduce_the_logged_metrics(store):
     results = latest(EXPERIMENT)
-    cell = Cell("eval_mm", "tiny", "ft", "image", "full")
+    cell = Cell("tiny", "ft", "image", "full", stage="eval_mm")
     for metric in ("mme/perception", "mme/cognition", "unicorn_oodcv/acc", "unicorn_sketch/acc", "pope_random/acc",
                    "coco/cider", "coco_c/cider"):
         docs = results.docs(cell, metric)  # None unless they give back the run's logged value
@@ -221,7 +221,7 @@ def test_latest_finished_run_and_selection_by_commit(store):
 def test_missing_cells_stay_missing():
     nothing = tables.build(tables.SPECS["table1"], Results({}), BOOT)
     assert all(line[1::2] == [tables.MISSING] * 4 for line in tables.grid(nothing)[1:])
-    tuned = Cell("eval_nlp", "llama2", "ft", "image", "full")
+    tuned = Cell("llama2", "ft", "image", "full")
     only_tuned = Results({tuned: CellRuns(tuned, {"ethics/acc": 0.6})})
     table = tables.build(tables.SPECS["table1"], only_tuned, BOOT)
     lines = {(r.backbone, r.tuning): line for r, line in zip(table.rows, tables.grid(table)[1:])}
@@ -275,7 +275,7 @@ def test_compare_table(store):
     pinned = results.pin(run_id)
     rows = compare.records(results, [pinned], ["ethics/acc"], BOOT, against=Cell.base("other"))
     assert rows[0]["value"] == pytest.approx(40.0) and rows[0]["delta"] == pytest.approx(-5.0)
-    text = compare.render(compare.records(results, [Cell("eval_nlp", "tiny", "ft", "image", "full")],
+    text = compare.render(compare.records(results, [Cell("tiny", "ft", "image", "full")],
                                           ["ethics/acc", "truthfulqa_mc2/acc"], BOOT))
     assert "tiny/base" in text and "mcnemar" in text and "truthfulqa_mc2" not in text
 
@@ -297,7 +297,7 @@ def test_run_logs_the_report(store, tmp_path, monkeypatch):
 
 def test_runs_measured_differently_are_not_paired():
     """Same document keys are not the same measurement: another data file, limit, dtype or BOS is never a delta."""
-    base, tuned = Cell.base("b"), Cell("eval_nlp", "b", "ft", "image", "full")
+    base, tuned = Cell.base("b"), Cell("b", "ft", "image", "full")
     measured = {"eval_source": "local", "eval_data": "ce097a26", "eval_limit": "None", "eval_dtype": "float32",
                 "add_bos_token": "True"}
     for change in ({"eval_dtype": "bfloat16"}, {"eval_data": "0123abcd"}, {"eval_limit": "50"}):

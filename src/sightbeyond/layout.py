@@ -3,7 +3,7 @@ the same paths, and tests/test_layout.py holds every stage's outputs equal to th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sightbeyond.config import Params
@@ -33,20 +33,26 @@ def nlp_data_root(params: Params) -> Path | None:
     return FIXTURES if source == "fixture" else Path(params.eval_nlp.local_root)
 
 
-@dataclass(frozen=True)
+NONE = "none"  # the base LLM's tuning, modality and data, as its runs are tagged
+
+
+@dataclass(frozen=True, order=True)
 class Cell:
-    """One model of a backbone's grid: its base LLM (`tuning` None) or the stage-2 cell data x tuning x modality.
-    `backbone` is the backbone's folder name (Params.backbone_key); `ad_hoc` runs write beside the pipeline's files."""
+    """One model of a backbone's grid: its base LLM (tuning, modality and data NONE) or the stage-2 cell data x
+    tuning x modality, as the stages' files and runs name it and the report reads it back. `backbone` is the
+    backbone's folder name (Params.backbone_key); `ad_hoc` runs write beside the pipeline's files."""
 
     backbone: str
-    data: str | None = None
-    tuning: str | None = None
-    modality: str | None = None
-    ad_hoc: bool = False
+    tuning: str = NONE        # lora | ft
+    modality: str = NONE      # image | text
+    data: str = NONE          # full | conversation | detail | reasoning | random20k
+    ad_hoc: bool = field(default=False, compare=False)
 
     @classmethod
     def of(cls, params: Params, tuning: str | None = None, modality: str | None = None) -> Cell:
-        return cls(params.backbone_key, params.data if tuning else None, tuning, modality, params.ad_hoc)
+        if tuning is None:
+            return cls(params.backbone_key, ad_hoc=params.ad_hoc)
+        return cls(params.backbone_key, tuning, modality, params.data, params.ad_hoc)
 
     @property
     def variant(self) -> str:
@@ -55,7 +61,7 @@ class Cell:
     @property
     def model(self) -> str:
         """The model's name within its backbone: `base`, or `<data>-<tuning>-<modality>` (one LLM per set)."""
-        return "base" if self.tuning is None else f"{self.data}-{self.variant}"
+        return "base" if self.tuning == NONE else f"{self.data}-{self.variant}"
 
     @property
     def key(self) -> str:

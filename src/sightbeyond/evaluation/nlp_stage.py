@@ -57,13 +57,13 @@ def run(params: Params, model: str) -> None:
     from sightbeyond.tracking.runs import logged_model, stage_run
 
     if model == "base":
-        cell, path, tags = Cell.of(params), resolve_llm(params), {"tuning": "none", "modality": "none"}
+        cell, path = Cell.of(params), resolve_llm(params)
     else:
-        tuning, modality = model.split("-")
-        cell = Cell.of(params, tuning, modality)
-        path, tags = str(cell.extracted_dir), {"tuning": tuning, "modality": modality}
+        cell = Cell.of(params, *model.split("-"))
+        path = str(cell.extracted_dir)
+    tags = {"tuning": cell.tuning, "modality": cell.modality}
     cfg, data_root = params.eval_nlp, nlp_data_root(params)
-    inputs = ([] if cell.tuning is None else [Path(path)]) + ([] if data_root is None else [data_root])
+    inputs = ([] if cell.model == "base" else [Path(path)]) + ([] if data_root is None else [data_root])
     print(f"eval_nlp {cell.model}: {', '.join(cfg.tasks)} ({cfg.source}{'' if data_root is None else f': {data_root}'})")
     # what could fail after the model has loaded fails now: the benchmark files, the outputs' folders
     check_files(cfg.tasks, cfg.source, data_root)

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from sightbeyond.report import compare, figures, tables
-from sightbeyond.report.reading import NONE, Results, latest
+from sightbeyond.layout import NONE
+from sightbeyond.report.reading import Results, latest
 from sightbeyond.config import Report
 from sightbeyond.report.stats import Bootstrap
 
@@ -89,7 +90,7 @@ def write(cfg: Report, results: Results, experiment: str, out: Path) -> dict:
     (out / "metrics.json").write_text(json.dumps(headline, indent=2, sort_keys=True) + "\n")
     (out / "README.md").write_text(_readme(cfg, experiment, results))
     (out / "runs.json").write_text(json.dumps({c.label + f" ({c.stage})": sorted(set(r.run_of.values()))
-                                               for c, r in sorted(results.cells.items())}, indent=2) + "\n")
+                                               for c, r in sorted(results.cells.items(), key=lambda kv: (kv[0].stage, kv[0]))}, indent=2) + "\n")
     return headline
 
 

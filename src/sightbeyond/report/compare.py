@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from sightbeyond.report.reading import NONE, Cell, Results, latest
+from sightbeyond.layout import NONE
+from sightbeyond.report.reading import Cell, Results, latest
 from sightbeyond.report.stats import Bootstrap, stars
 from sightbeyond.report.tables import SELECTION_MARKS, SPECS, scale
 

@@ -101,7 +101,7 @@ def _ablation(results: Results, series: dict[str, tuple[str, str]],
     (series -> modality, data) that ran."""
     groups: dict[str, dict[str, Cell]] = {}
     for backbone, tuning in sorted({(c.backbone, c.tuning) for c in results.cells if c.stage == "eval_nlp"}):
-        cells = {name: Cell("eval_nlp", backbone, tuning, modality, data) for name, (modality, data) in series.items()}
+        cells = {name: Cell(backbone, tuning, modality, data) for name, (modality, data) in series.items()}
         cells = {name: cell for name, cell in cells.items() if cell in results.cells}
         if any(name in cells for name in required):
             groups[f"{backbone}, {tuning}"] = {"base": Cell.base(backbone), **cells}
@@ -195,8 +195,8 @@ def correlation(results: Results, data: str, path: Path) -> list[dict]:
             ax.scatter(px, py, marker="x", color="0.6", label=f"paper, {_pearson(px, py)}")
             ours = []
             for backbone, tuning in models:
-                x = results.value(Cell("eval_nlp", backbone, tuning, "image", data), nlp)
-                y = results.value(Cell("eval_mm", backbone, tuning, "image", data), mm)
+                x = results.value(Cell(backbone, tuning, "image", data), nlp)
+                y = results.value(Cell(backbone, tuning, "image", data, stage="eval_mm"), mm)
                 if x is not None and y is not None:
                     ours.append((f"{backbone}-{tuning}", scale(nlp) * x, scale(mm) * y))
             for name, x, y in ours:

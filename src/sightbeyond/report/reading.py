@@ -6,31 +6,29 @@ import dataclasses
 import warnings
 from dataclasses import dataclass, field
 
+from sightbeyond import layout
 from sightbeyond.config import ConfigError
+from sightbeyond.layout import NONE
 from sightbeyond.report import per_document as per_doc
 from sightbeyond.report.stats import (Bootstrap, Comparison, Contrast, Docs, Estimate, bootstrap, difference,
                                       paired_bootstrap)
 
 STAGES = ("stage2", "eval_nlp", "eval_mm")
-NONE = "none"
 # what an evaluation measured (nlp_stage.measured): two runs are paired only when they agree on every one
 MEASURED = ("eval_source", "eval_data", "eval_limit", "eval_dtype", "add_bos_token", "eval_holdout")
 
 
 @dataclass(frozen=True, order=True)
-class Cell:
-    """A cell of the ablation matrix: what was trained (tuning, modality, data on a backbone) and which stage ran."""
+class Cell(layout.Cell):
+    """A model of the ablation matrix (layout's cell, its backbone named as its runs are tagged) and the stage whose
+    runs measured it; `run` a chosen run of the cell, "" for its latest."""
 
-    stage: str
-    backbone: str
-    tuning: str = NONE        # lora | ft | none (the untuned LLM)
-    modality: str = NONE      # image | text | none
-    data: str = NONE          # full | conversation | detail | reasoning | random20k | none
-    run: str = ""             # a chosen run of the cell; "" for its latest
+    stage: str = "eval_nlp"
+    run: str = ""
 
     @classmethod
     def base(cls, backbone: str) -> Cell:
-        return cls("eval_nlp", backbone)
+        return cls(backbone)
 
     @property
     def label(self) -> str:
@@ -48,7 +46,7 @@ class Cell:
         tuning, sep, modality = variant.partition("-")
         if not (backbone and sep and tuning and modality):
             raise ConfigError(f"{text!r}: expected <backbone>/base or <backbone>/<tuning>-<modality>[/<data>]")
-        return cls(stage, backbone, tuning, modality, data)
+        return cls(backbone, tuning, modality, data, stage=stage)
 
 
 @dataclass
@@ -64,7 +62,7 @@ def cell_of(tags: dict[str, str]) -> Cell | None:
         return None
     # the base LLM saw no tuning data, whatever `grid.data` said when it was evaluated
     data = NONE if tags["tuning"] == NONE else tags["data"]
-    return Cell(tags["stage"], tags["backbone"], tags["tuning"], tags["modality"], data)
+    return Cell(tags["backbone"], tags["tuning"], tags["modality"], data, stage=tags["stage"])
 
 
 class Results:

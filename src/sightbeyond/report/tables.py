@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sightbeyond.report.reading import NONE, Cell, Results
+from sightbeyond.layout import NONE
+from sightbeyond.report.reading import Cell, Results
 from sightbeyond.report.stats import Bootstrap, Comparison, Estimate, relative_change, stars
 
 PAPER = Path(__file__).parent / "paper"
@@ -164,8 +165,8 @@ def build(spec: Spec, results: Results, boot: Bootstrap, data: str = "full") -> 
     rows = _rows(spec, paper_rows, results, data)
     entries = {}
     for row in rows:
-        cell = Cell.base(row.backbone) if row.tuning == NONE else Cell(spec.stage, row.backbone, row.tuning, "image",
-                                                                        data)
+        cell = (Cell.base(row.backbone) if row.tuning == NONE
+                else Cell(row.backbone, row.tuning, "image", data, stage=spec.stage))
         for column in spec.columns:
             for metric in column.metrics:
                 entries[row, metric] = _entry(row, cell, metric, column, results, boot, spec.percent,
