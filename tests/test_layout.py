@@ -42,3 +42,13 @@ def test_imports_run_one_way_along_the_pipeline():
     done = subprocess.run([str(lint), "--no-cache", "--config", str(ROOT / ".importlinter")], cwd=ROOT / "src",
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_the_resume_fingerprint_hashes_the_params_dvc_yaml_declares():
+    import yaml
+
+    from sightbeyond.training import stage1, stage2
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, module in (("stage1", stage1), ("stage2", stage2)):
+        assert tuple(key.replace("${backbone}", "{backbone}") for key in stages[name]["params"]) == module.PARAMS

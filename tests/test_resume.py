@@ -125,8 +125,14 @@ def test_an_evaluation_killed_midway_leaves_nothing_complete_and_its_rerun_ends_
 def test_the_resume_fingerprint_follows_what_changes_training(params_for, tmp_path):
     """A report or multimodal-evaluation setting does not make a killed run start afresh; a training setting does."""
     from sightbeyond.training.resume import fingerprint
+    from sightbeyond.training.stage2 import PARAMS
 
-    base = fingerprint(params_for(), [tmp_path], tuning="lora", modality="text")
-    assert fingerprint(params_for(**{"report.resamples": 10, "eval_mm.batch_size": 2}), [tmp_path],
+    base = fingerprint(params_for(), PARAMS, [tmp_path], tuning="lora", modality="text")
+    assert fingerprint(params_for(**{"report.resamples": 10, "eval_mm.batch_size": 2}), PARAMS, [tmp_path],
                        tuning="lora", modality="text") == base
-    assert fingerprint(params_for(**{"presets.tiny.stage2.seed": 1}), [tmp_path], tuning="lora", modality="text") != base
+    assert fingerprint(params_for(**{"presets.tiny.stage2.seed": 1}), PARAMS, [tmp_path], tuning="lora", modality="text") != base
+    # the NLP benchmarks eval_nlp runs do not change training (DVC does not rerun stage 2 for them either)
+    assert fingerprint(params_for(**{"eval_nlp.tasks": ["mmlu"]}), PARAMS, [tmp_path], tuning="lora", modality="text") == base
+    # the backbone's template does: it writes the text stage 2 trains on
+    assert fingerprint(params_for(**{"backbones.tiny.template": "v0"}), PARAMS, [tmp_path], tuning="lora",
+                       modality="text") != base

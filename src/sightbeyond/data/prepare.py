@@ -7,14 +7,18 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import mlflow
+from datasets import Dataset, Features, Image, List, Value
+from datasets.exceptions import DatasetGenerationError
+
 from sightbeyond.config import Params
 from sightbeyond.data.llava_format import INSTRUCT_FILES, ReadCounts, find_file, read_llava_file
 from sightbeyond.io import atomic_dir
+from sightbeyond.data.subsets import subset_file
 from sightbeyond.layout import PREPARED, split_dir
+from sightbeyond.tracking.runs import stage_run
 
 def features(with_image: bool):
-    from datasets import Features, Image, List, Value
-
     if not with_image:
         return Features({"id": Value("string"), "messages": List({"role": Value("string"), "content": Value("string")})})
     part = {"type": Value("string"), "text": Value("string")}
@@ -25,9 +29,6 @@ def features(with_image: bool):
 
 def save(rows: Callable[[], Iterator[dict]], out: Path, *, with_image: bool) -> None:
     """Write rows to Arrow in batches, so memory stays bounded whatever the number of records."""
-    from datasets import Dataset
-    from datasets.exceptions import DatasetGenerationError
-
     scratch = out.with_name(f".{out.name}.build")  # a fresh cache: a datasets cache keyed on code alone could be stale
     try:
         dataset = Dataset.from_generator(rows, features=features(with_image), cache_dir=str(scratch))
@@ -43,7 +44,6 @@ def instruct_file(params: Params) -> Path:
     """`data: full` is the mixed 80k file as released; the ablation sets come from the `subsets` stage."""
     if params.data == "full":
         return find_file(params.prepare.instruct_dir, INSTRUCT_FILES["full"])
-    from sightbeyond.data.subsets import subset_file
 
     return subset_file(params.data, params.subsets.size)
 
@@ -51,10 +51,6 @@ def instruct_file(params: Params) -> Path:
 def run(params: Params, split: str) -> None:
     """`split` is `stage1` (the caption pairs) or `instruct` (the instruction set `params.data`, with images and
     text-only)."""
-    import mlflow
-
-    from sightbeyond.tracking.runs import stage_run
-
     cfg = params.prepare
     if split == "stage1":
         source, images, final, parts = cfg.stage1_file, cfg.stage1_images, split_dir("stage1"), {"stage1": True}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -17,8 +18,9 @@ from tqdm import tqdm
 from sightbeyond.config import EvalMM, Params, Tuning
 from sightbeyond.io import atomic_dir, check_writable, write_json
 from sightbeyond.layout import Cell
-from sightbeyond.model.llava import STOP_STRINGS, template_for
+from sightbeyond.model.llava import STOP_STRINGS, load_tuned, template_for, tuned_dir
 from sightbeyond.tasks import captions, corruptions, mme, pope, unicorn
+from sightbeyond.tracking.runs import logged_model, stage_run
 
 
 # Each benchmark family's module holds its reading (`read`: its data and images), its evaluation (`evaluate`: asks,
@@ -88,11 +90,6 @@ class Generator:
 
 
 def run(params: Params, tuning: Tuning) -> None:
-    import mlflow
-
-    from sightbeyond.model.llava import load_tuned, tuned_dir
-    from sightbeyond.tracking.runs import logged_model, stage_run
-
     cell = Cell.of(params, tuning, "image")
     cfg = params.eval_mm
     data = load_benchmarks(cfg)  # every benchmark file read and checked before the model loads

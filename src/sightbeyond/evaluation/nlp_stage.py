@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
+from transformers import AutoTokenizer
+
 from sightbeyond.config import Params
 from sightbeyond.io import atomic_dir, check_writable, write_json
 from sightbeyond.layout import SELECTION, Cell, nlp_data_root
+from sightbeyond.model.llava import starts_with_bos
+from sightbeyond.model.weights import resolve_llm
+from sightbeyond.tasks.nlp import check_files, data_hash, evaluate_llm, fixed_subsample, holdout, load_tasks
+from sightbeyond.tracking.runs import logged_model, stage_run
 
 
 def reported_documents(params: Params, data_root: Path | None) -> dict[str, list[int]] | None:
     """With stage2.selection_holdout, every document but the held-out share that chose the checkpoint, for the base
     LLM too (a delta pairs the same documents); None: all."""
-    from sightbeyond.tasks.nlp import fixed_subsample, holdout, load_tasks
-
     fraction = params.stage2.selection_holdout
     if fraction is None:
         return None
@@ -27,8 +32,6 @@ def reported_documents(params: Params, data_root: Path | None) -> dict[str, list
 def expected(params: Params) -> dict[str, str]:
     """The measurement tags an eval_nlp run of these params carries, BOS aside (the tokenizer's, for the default);
     the documents' hash where the documents are at hand."""
-    from sightbeyond.tasks.nlp import data_hash
-
     cfg = params.eval_nlp
     out = {"eval_source": cfg.source, "eval_limit": str(cfg.limit), "eval_dtype": cfg.dtype,
            "eval_holdout": str(params.stage2.selection_holdout)}
@@ -40,8 +43,6 @@ def expected(params: Params) -> dict[str, str]:
 
 def measured(params: Params, tokenizer) -> dict[str, str]:
     """What an evaluation measured, as run tags: only runs that agree on all of them can be compared."""
-    from sightbeyond.model.llava import starts_with_bos
-
     cfg = params.eval_nlp
     bos = starts_with_bos(tokenizer) if cfg.add_bos_token is None else cfg.add_bos_token
     return expected(params) | {"eval_tasks": ",".join(cfg.tasks), "add_bos_token": str(bos)}
@@ -49,13 +50,6 @@ def measured(params: Params, tokenizer) -> dict[str, str]:
 
 def run(params: Params, model: str) -> None:
     """`model` is `base` or a stage-2 variant `<tuning>-<modality>`."""
-    import mlflow
-    from transformers import AutoTokenizer
-
-    from sightbeyond.tasks.nlp import check_files, evaluate_llm
-    from sightbeyond.model.weights import resolve_llm
-    from sightbeyond.tracking.runs import logged_model, stage_run
-
     if model == "base":
         cell, path = Cell.of(params), resolve_llm(params)
     else:

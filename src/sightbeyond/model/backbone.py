@@ -12,8 +12,11 @@ import json
 from pathlib import Path
 
 from sightbeyond.config import Params
+from sightbeyond.embedded import tiny
 from sightbeyond.io import atomic_dir
 from sightbeyond.layout import BACKBONES, SYNTH
+from sightbeyond.model.gguf import convert, gguf_path, sha256
+from sightbeyond.model.weights import hub_revision, resolve_backbone
 
 
 def backbone_dir(params: Params) -> Path:
@@ -21,10 +24,6 @@ def backbone_dir(params: Params) -> Path:
 
 
 def run(params: Params) -> None:
-    from sightbeyond.embedded import tiny
-    from sightbeyond.model.gguf import convert, gguf_path, sha256
-    from sightbeyond.model.weights import hub_revision, resolve_backbone
-
     entry = params.active
     source = gguf_path(entry.gguf) if entry.build == "gguf" else None  # a missing file stops before any work
     resolved = None if entry.build else resolve_backbone(params)

@@ -8,11 +8,10 @@ from sightbeyond.config import Modality, Params, Tuning
 from sightbeyond.io import atomic_dir
 from sightbeyond.layout import SELECTION, Cell
 from sightbeyond.model.llava import language_model_view, load_tuned, tuned_dir
+from sightbeyond.tracking.runs import logged_model
 
 
 def run(params: Params, tuning: Tuning, modality: Modality) -> None:
-    from sightbeyond.tracking.runs import logged_model
-
     cell = Cell.of(params, tuning, modality)
     model, processing = load_tuned(params, tuning, modality)
     llm = language_model_view(model) if modality == "image" else model

@@ -9,11 +9,16 @@ import csv
 import json
 from pathlib import Path
 
-from sightbeyond.report import compare, figures, tables
-from sightbeyond.layout import NONE
-from sightbeyond.report.reading import Results, latest
+import mlflow
+
 from sightbeyond.config import Report
+from sightbeyond.evaluation.nlp_stage import expected
+from sightbeyond.io import atomic_dir
+from sightbeyond.layout import NONE
+from sightbeyond.report import compare, figures, tables
+from sightbeyond.report.reading import Results, latest
 from sightbeyond.report.stats import Bootstrap
+from sightbeyond.tracking.runs import flatten, stage_run
 
 OUT = Path("reports")
 HEADLINE = tuple(m for c in tables.SPECS["table1"].columns for m in c.metrics)
@@ -135,12 +140,6 @@ results, else the paired bootstrap.
 
 def run(params) -> None:
     """`params`: the project's Params, with `report` (settings.Report) and `tracking.experiment`."""
-    import mlflow
-
-    from sightbeyond.evaluation.nlp_stage import expected
-    from sightbeyond.io import atomic_dir
-    from sightbeyond.tracking.runs import flatten, stage_run
-
     cfg = params.report
     with stage_run("report", params, name="report") as active:
         results = latest(params.tracking.experiment, git_commit=cfg.git_commit, dvc_exp=cfg.dvc_exp,

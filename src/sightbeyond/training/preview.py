@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+from datasets import load_from_disk
+
 from sightbeyond.config import Params
 from sightbeyond.layout import split_dir
+from sightbeyond.model.llava import load_processor, load_tokenizer
 
 
 def encode(processing, rows: list[dict], max_length: int) -> tuple[list[list[int]], list[list[int]]]:
@@ -27,10 +30,6 @@ def encode(processing, rows: list[dict], max_length: int) -> tuple[list[list[int
 
 
 def run(params: Params, split: str, n: int, as_json: bool) -> None:
-    from datasets import load_from_disk
-
-    from sightbeyond.model.llava import load_processor, load_tokenizer
-
     dataset = load_from_disk(str(split_dir(split, params.data)))
     rows = [dataset[i] for i in range(min(n, len(dataset)))]
     template = "plain" if split == "stage1" else None

@@ -8,6 +8,7 @@ checkpoint is never resumed into a run it does not belong to.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -37,16 +38,17 @@ class Resume:
         return max((step for key, step in self.logged.items() if "/" in key), default=-1)
 
 
-def fingerprint(params: Params, inputs: list[Path], **what) -> str:
-    """What makes two runs the same run: every parameter that can change training (not the report's, the
-    multimodal evaluation's or which other cells the grid holds), and each input's DVC hash and newest modification
+def fingerprint(params: Params, keys: tuple[str, ...], inputs: list[Path], **what) -> str:
+    """What makes two runs the same run: the params `keys` (those dvc.yaml declares for the stage, so a change DVC
+    reruns it for is one that starts afresh, and no other is), and each input's DVC hash and newest modification
     time."""
     from sightbeyond.tracking.runs import dvc_hashes
 
     hashes = dvc_hashes(inputs)
     state = {str(p): (hashes.get(str(p)), max((f.stat().st_mtime_ns for f in Path(p).rglob("*")), default=None))
              for p in inputs}
-    settings = params.model_dump(mode="json", exclude={"report", "eval_mm", "grid"})
+    dump = params.model_dump(mode="json")
+    settings = {key: functools.reduce(dict.get, key.format(backbone=params.backbone).split("."), dump) for key in keys}
     blob = json.dumps({"params": settings, "inputs": state, **what}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

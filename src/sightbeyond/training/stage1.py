@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from datasets import load_from_disk
+from transformers import set_seed
+from trl import SFTTrainer
+
 from sightbeyond.config import Params
 from sightbeyond.io import atomic_dir, is_main_process
 from sightbeyond.layout import Cell, split_dir
+from sightbeyond.model.llava import build_llava, load_processor, save_projector, train_image_token_rows
 from sightbeyond.training.common import check_launch, sft_config
+from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
+
+# the params dvc.yaml declares for this stage (tests/test_layout.py holds them equal): a change to one reruns it
+# under DVC, and makes a killed run start afresh rather than resume
+PARAMS = ("backbone", "backbones.{backbone}", "model", "preset", "presets", "stage1")
 
 
 def run(params: Params) -> None:
-    from datasets import load_from_disk
-    from transformers import set_seed
-    from trl import SFTTrainer
-
-    from sightbeyond.model.llava import build_llava, load_processor, save_projector, train_image_token_rows
-    from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
-
     hparams, cell = params.hparams.stage1, Cell.of(params)
     check_launch(hparams, f"presets.{params.preset_name}.stage1")
     work, inputs = cell.trainer_dir("stage1"), [split_dir("stage1")]
@@ -32,7 +35,7 @@ def run(params: Params) -> None:
     dataset = load_from_disk(str(split_dir("stage1")), keep_in_memory=True)  # no caches written into a DVC output
 
     with resumable_run("stage1", params, name=f"stage1-{cell.backbone}", param_sections=("model",), hparams=hparams,
-                       inputs=inputs, trainer_dir=work, fingerprint=fingerprint(params, inputs)) as resume, atomic_dir(cell.stage1_dir) as tmp:
+                       inputs=inputs, trainer_dir=work, fingerprint=fingerprint(params, PARAMS, inputs)) as resume, atomic_dir(cell.stage1_dir) as tmp:
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                              callbacks=[ResumableMLflowCallback(resume.logged)])
         trainer.train(resume_from_checkpoint=resume.checkpoint)

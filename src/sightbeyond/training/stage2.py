@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from datasets import load_from_disk
+from peft import LoraConfig
+from transformers import set_seed
+from trl import SFTTrainer
+
 from sightbeyond.config import Modality, Params, Tuning
 from sightbeyond.io import atomic_dir, is_main_process
 from sightbeyond.layout import Cell, split_dir
+from sightbeyond.model.llava import build_llava, load_llm, load_processor, load_tokenizer
+from sightbeyond.tracking.runs import logged_model
 from sightbeyond.training.common import accelerate_plugin, check_launch, sft_config, with_projector_lr, world_size
+from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
+from sightbeyond.training.stepwise import StepwiseEvalCallback
 
+# the params dvc.yaml declares for this stage (tests/test_layout.py holds them equal): a change to one reruns it
+# under DVC, and makes a killed run start afresh rather than resume; of eval_nlp, only what the step-wise
+# evaluation reads
+PARAMS = ("backbone", "backbones.{backbone}", "model", "preset", "presets", "stage2", "eval_nlp.source",
+          "eval_nlp.local_root", "eval_nlp.batch_size", "eval_nlp.add_bos_token")
 LLM_LINEAR = r"layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
 
-def lora_config(params: Params, modality: Modality):
-    from peft import LoraConfig
-
+def lora_config(params: Params, modality: Modality) -> LoraConfig:
     return LoraConfig(
         **params.hparams.stage2.lora.model_dump(), task_type="CAUSAL_LM",
         # the LLM's linear layers only: never CLIP's, whose layers have the same names
@@ -22,15 +34,6 @@ def lora_config(params: Params, modality: Modality):
 
 
 def run(params: Params, tuning: Tuning, modality: Modality) -> None:
-    from datasets import load_from_disk
-    from transformers import set_seed
-    from trl import SFTTrainer
-
-    from sightbeyond.model.llava import build_llava, load_llm, load_processor, load_tokenizer
-    from sightbeyond.tracking.runs import logged_model
-    from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
-    from sightbeyond.training.stepwise import StepwiseEvalCallback
-
     cfg, hparams, cell = params.stage2, params.hparams.stage2, Cell.of(params, tuning, modality)
     # Training arguments: the libraries' own config objects, built (and so checked) before the model loads
     check_launch(hparams, f"presets.{params.preset_name}.stage2", stepwise=bool(cfg.stepwise_tasks))
@@ -60,7 +63,7 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     launch = {"world_size": str(world_size()), "accelerate_plugin": accelerate_plugin() or "none"}
     with resumable_run("stage2", params, name=cell.run_name("stage2"), tags={"tuning": tuning, "modality": modality, **launch},
                        param_sections=("model", "stage2"), hparams=hparams, inputs=inputs, trainer_dir=work,
-                       fingerprint=fingerprint(params, inputs, tuning=tuning, modality=modality)) as resume:
+                       fingerprint=fingerprint(params, PARAMS, inputs, data=params.data, tuning=tuning, modality=modality)) as resume:
         with atomic_dir(cell.stage2_dir) as tmp:
             if stepwise is not None:
                 stepwise.logged_through = resume.stepwise_logged_through  # the run already holds them
