@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-from sightbeyond.config import Stage2
+from sightbeyond.config import load_params
 from sightbeyond.embedded.nlp_fixtures import write_nlp_fixtures
 from sightbeyond.tasks.nlp import evaluate_loaded, fixed_subsample, load_tasks, quiet
 from sightbeyond.tasks.stepwise_eval import StepwiseEvaluator
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # the `local` source reads its *.sample.csv files
-DEFAULT_SET = Stage2.model_fields["stepwise_tasks"].default
+DEFAULT_SET = load_params(Path(__file__).resolve().parents[1] / "params.yaml").stage2.stepwise_tasks
 
 
 def data_root(scratch: Path) -> tuple[Path, str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sightbeyond.tasks.corruptions import corrupt, corruption_names
+from sightbeyond.tasks.corruptions import CORRUPTIONS, _imagecorruptions, corrupt
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +18,10 @@ def image():
 
 
 def test_every_corruption_runs_and_reruns_identically(image):
-    assert len(corruption_names()) == 19
+    assert _imagecorruptions().get_corruption_names("all") == list(CORRUPTIONS)  # the names params.yaml is checked against
+    assert len(CORRUPTIONS) == 19
     assert "pkg_resources" not in sys.modules or sys.modules["pkg_resources"].__spec__ is not None  # no stand-in left
-    for name in corruption_names():
+    for name in CORRUPTIONS:
         for severity in (1, 3, 5):
             a = corrupt(image, name, severity, seed=42, key="COCO_val2014_1.jpg")
             b = corrupt(image, name, severity, seed=42, key="COCO_val2014_1.jpg")

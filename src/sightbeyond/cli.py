@@ -13,6 +13,7 @@ from sightbeyond.data.llava_format import BadRecord
 from sightbeyond.model.weights import MissingWeightsError, image_tokens, resolve_backbone, resolve_llm
 from sightbeyond.report import compare
 from sightbeyond.io import NotWritable
+from sightbeyond.layout import RELEASED
 from sightbeyond.tasks.lm_eval_index import UnsupportedLmEval
 from sightbeyond.tasks.local_docs import MalformedFile
 
@@ -94,7 +95,7 @@ def _chain(params, args) -> int:
 def _import_released(params, args) -> None:
     from sightbeyond.model.released import extract_released_llm
 
-    out = args.out or Path("models/released") / args.src.name
+    out = args.out or RELEASED / args.src.name
     try:
         imported = extract_released_llm(args.src, out / "llm", projector_out=out / "projector")
     except ValueError as err:  # not a checkpoint we can read: the user's to fix

@@ -14,7 +14,7 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativ
                       field_validator, model_validator)
 
 from sightbeyond.io import ConfigError
-from sightbeyond.tasks.corruptions import corruption_names
+from sightbeyond.tasks.corruptions import CORRUPTIONS
 from sightbeyond.tasks.mme import COGNITION, PERCEPTION
 
 Tuning = Literal["lora", "ft"]
@@ -291,7 +291,7 @@ class EvalMM(Strict):
     @field_validator("corruptions")
     @classmethod
     def _imagecorruptions(cls, names: list[str]) -> list[str]:
-        return _known(names, corruption_names(), "corruption")
+        return _known(names, CORRUPTIONS, "corruption")
 
     @model_validator(mode="after")
     def _coco_c_needs_coco(self):
@@ -314,7 +314,7 @@ class Params(Strict):
     _command_line: frozenset[str] = PrivateAttr(default=frozenset())
 
     backbone: str
-    data: InstructData = "full"  # the instruction set one command works on; dvc.yaml passes each of grid.data
+    data: InstructData  # the instruction set one command works on; dvc.yaml passes each of grid.data
     launch: str  # the training stages' command in dvc.yaml (`accelerate launch ... -m sightbeyond`)
     preset: str | None
     grid: Grid

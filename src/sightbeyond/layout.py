@@ -10,9 +10,12 @@ from sightbeyond.config import Params
 
 SYNTH = Path("data/shapesworld")  # the embedded default's data, in the real datasets' layouts
 FIXTURES = SYNTH / "nlp"  # its benchmark files, in the releases' layouts
+SUBSETS = Path("data/subsets")  # the per-type ablation sets, in LLaVA's layout
 PREPARED = Path("data/prepared")
 MODELS = Path("models")
 BACKBONES = MODELS / "backbones"  # each backbone as the `backbone` stage leaves it: built, converted or resolved
+RELEASED = MODELS / "released"  # `import_released`'s default: checkpoints in LLaVA's training layout
+REPORTS = Path("reports")
 CHECKPOINTS = Path("checkpoints")  # the Trainer's working directories, outside the DVC outputs
 BEST = "best"  # stage 2's output holds the best step's model here when stage2.best_metric chose one
 SELECTION = "selection.json"  # beside it: how it was chosen (metric, step, value, on which documents)

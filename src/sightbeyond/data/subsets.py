@@ -15,8 +15,8 @@ from tqdm import tqdm
 from sightbeyond.config import ConfigError, Params
 from sightbeyond.data.llava_format import INSTRUCT_FILES, BadRecord, Undecodable, find_file, iter_records
 from sightbeyond.io import atomic_dir, write_json
+from sightbeyond.layout import SUBSETS
 
-SUBSETS = Path("data/subsets")
 
 
 def subset_file(name: str, size: int) -> Path:

@@ -12,15 +12,13 @@ from pathlib import Path
 import mlflow
 
 from sightbeyond.config import Report
-from sightbeyond.evaluation.nlp_stage import expected
 from sightbeyond.io import atomic_dir
-from sightbeyond.layout import NONE
+from sightbeyond.layout import NONE, REPORTS
 from sightbeyond.report import compare, figures, tables
 from sightbeyond.report.reading import Results, latest
 from sightbeyond.report.stats import Bootstrap
 from sightbeyond.tracking.runs import flatten, stage_run
 
-OUT = Path("reports")
 HEADLINE = tuple(m for c in tables.SPECS["table1"].columns for m in c.metrics)
 
 
@@ -140,13 +138,15 @@ results, else the paired bootstrap.
 
 def run(params) -> None:
     """`params`: the project's Params, with `report` (settings.Report) and `tracking.experiment`."""
+    from sightbeyond.evaluation.nlp_stage import expected  # here: that stage module loads torch and transformers
+
     cfg = params.report
     with stage_run("report", params, name="report") as active:
         results = latest(params.tracking.experiment, git_commit=cfg.git_commit, dvc_exp=cfg.dvc_exp,
                          measured=expected(params))
-        with atomic_dir(OUT) as tmp:  # no stale figure of a run no longer selected survives a rebuild
+        with atomic_dir(REPORTS) as tmp:  # no stale figure of a run no longer selected survives a rebuild
             headline = write(cfg, results, params.tracking.experiment, tmp)
         if active is not None:
             mlflow.log_params(flatten({"report": cfg.model_dump()}))
             mlflow.log_metrics(flatten(headline))
-            mlflow.log_artifacts(str(OUT), "reports")
+            mlflow.log_artifacts(str(REPORTS), "reports")

@@ -4,7 +4,7 @@ eval_nlp: lm-eval's per-sample records, whose field named after each metric (`ac
 the document's result: from JSON-lines artifacts (`predictions/<task>.jsonl`, as `nlp_stage` logs them) or JSON ones
 with "sample" in their path (keyed by task, a list, or an MLflow table), the task taken from a record's `task` or
 else the file's name; runs from before those logged them in the `samples` of `lm_eval_results.json`. eval_mm: the
-prediction tables of `sightbeyond.evaluation.mm_stage`.
+prediction tables each benchmark's module in `sightbeyond.tasks` logs.
 
 Documents are trusted only if they reproduce the logged metric: a reader that does not (another lm-eval version,
 a truncated table) gives None, and the report shows no interval rather than one about some other number.

@@ -60,16 +60,19 @@ def _imagecorruptions():
     return imagecorruptions
 
 
-def corruption_names() -> list[str]:
-    return _imagecorruptions().get_corruption_names("all")
+# imagecorruptions' get_corruption_names("all"), spelled here so that validating params.yaml does not import it (and
+# OpenCV, which needs libGL, with it); tests/test_corruptions.py holds the two equal
+CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+               "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+               "speckle_noise", "gaussian_blur", "spatter", "saturate")
 
 
 def corrupt(image: Image.Image, corruption: str, severity: int, *, seed: int, key: str) -> Image.Image:
     """`image` corrupted; the noise is drawn from a seed made of `seed`, the cell and `key` (the image's name), so a
     rerun, or the same image in another order or subset, gets the same pixels."""
     lib = _imagecorruptions()
-    if corruption not in corruption_names():
-        raise ValueError(f"unknown corruption {corruption!r}; imagecorruptions has {corruption_names()}")
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {corruption!r}; imagecorruptions has {list(CORRUPTIONS)}")
     # imagecorruptions draws from numpy's global generator
     np.random.seed(zlib.crc32(f"{seed}/{corruption}/{severity}/{key}".encode()))
     return Image.fromarray(lib.corrupt(np.asarray(image.convert("RGB")), severity=severity, corruption_name=corruption))

@@ -1,7 +1,8 @@
 """The one place sightbeyond reaches past lm-eval's public API: its task index, to read an official task's YAML, to
 tell groups and tags from tasks, and to hand a task a config of our own (local documents, the paper's shots).
-lm-eval keeps these modules private (`lm_eval.tasks._index`, `_yaml_loader`); they are checked against the version
-pinned in requirements.txt, and any other fails here with what to do, not deep inside an evaluation."""
+lm-eval keeps these modules private (`lm_eval.tasks._index`, `_yaml_loader`); this code is written against the version
+pinned in requirements.txt (tests/test_nlp_eval.py exercises it), and a release without them fails here with what to
+install, not deep inside an evaluation."""
 
 from __future__ import annotations
 

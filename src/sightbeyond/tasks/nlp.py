@@ -81,6 +81,9 @@ def _definitions() -> _BenchmarksFile:
     try:
         for name, entry in raw["benchmarks"].items():  # `prefix` and `documents` default to the entry's name
             entry.update(name=name, prefix=entry.get("prefix", name), documents=entry.get("documents", name))
+    except (KeyError, TypeError, AttributeError):
+        raise ConfigError(f"{_BENCHMARKS_FILE}: invalid: expected `benchmarks:`, a mapping of names to entries") from None
+    try:
         defined = _BenchmarksFile.model_validate(raw)
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"

@@ -48,7 +48,8 @@ def fingerprint(params: Params, keys: tuple[str, ...], inputs: list[Path], **wha
     state = {str(p): (hashes.get(str(p)), max((f.stat().st_mtime_ns for f in Path(p).rglob("*")), default=None))
              for p in inputs}
     dump = params.model_dump(mode="json")
-    settings = {key: functools.reduce(dict.get, key.format(backbone=params.backbone).split("."), dump) for key in keys}
+    dump["backbones"] = {"{backbone}": params.active.model_dump(mode="json")}  # by name: a hub id or path holds dots
+    settings = {key: functools.reduce(dict.get, key.split("."), dump) for key in keys}
     blob = json.dumps({"params": settings, "inputs": state, **what}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

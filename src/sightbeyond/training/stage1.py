@@ -8,7 +8,7 @@ from trl import SFTTrainer
 
 from sightbeyond.config import Params
 from sightbeyond.io import atomic_dir, is_main_process
-from sightbeyond.layout import Cell, split_dir
+from sightbeyond.layout import BACKBONES, Cell, split_dir
 from sightbeyond.model.llava import build_llava, load_processor, save_projector, train_image_token_rows
 from sightbeyond.training.common import check_launch, sft_config
 from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
@@ -35,7 +35,7 @@ def run(params: Params) -> None:
     dataset = load_from_disk(str(split_dir("stage1")), keep_in_memory=True)  # no caches written into a DVC output
 
     with resumable_run("stage1", params, name=f"stage1-{cell.backbone}", param_sections=("model",), hparams=hparams,
-                       inputs=inputs, trainer_dir=work, fingerprint=fingerprint(params, PARAMS, inputs)) as resume, atomic_dir(cell.stage1_dir) as tmp:
+                       inputs=inputs, trainer_dir=work, fingerprint=fingerprint(params, PARAMS, [*inputs, BACKBONES / params.backbone_key])) as resume, atomic_dir(cell.stage1_dir) as tmp:
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                              callbacks=[ResumableMLflowCallback(resume.logged)])
         trainer.train(resume_from_checkpoint=resume.checkpoint)

@@ -9,7 +9,7 @@ from trl import SFTTrainer
 
 from sightbeyond.config import Modality, Params, Tuning
 from sightbeyond.io import atomic_dir, is_main_process
-from sightbeyond.layout import Cell, split_dir
+from sightbeyond.layout import BACKBONES, Cell, split_dir
 from sightbeyond.model.llava import build_llava, load_llm, load_processor, load_tokenizer
 from sightbeyond.tracking.runs import logged_model
 from sightbeyond.training.common import accelerate_plugin, check_launch, sft_config, with_projector_lr, world_size
@@ -63,7 +63,8 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     launch = {"world_size": str(world_size()), "accelerate_plugin": accelerate_plugin() or "none"}
     with resumable_run("stage2", params, name=cell.run_name("stage2"), tags={"tuning": tuning, "modality": modality, **launch},
                        param_sections=("model", "stage2"), hparams=hparams, inputs=inputs, trainer_dir=work,
-                       fingerprint=fingerprint(params, PARAMS, inputs, data=params.data, tuning=tuning, modality=modality)) as resume:
+                       fingerprint=fingerprint(params, PARAMS, [*inputs, BACKBONES / params.backbone_key], data=params.data,
+                                               tuning=tuning, modality=modality)) as resume:
         with atomic_dir(cell.stage2_dir) as tmp:
             if stepwise is not None:
                 stepwise.logged_through = resume.stepwise_logged_through  # the run already holds them
