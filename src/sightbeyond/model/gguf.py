@@ -76,14 +76,11 @@ def convert(path: Path, out: Path) -> None:
     tokenizer.model_max_length = config.max_position_embeddings  # GGUF's context length; its tokenizer has none
     tokenizer.save_pretrained(out)
     saved = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    check_same_logits(quantised, saved, AutoTokenizer.from_pretrained(out))
-
-
-@torch.no_grad()
-def check_same_logits(expected, got, tokenizer) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(out)  # the saved one
     for prompt in CHECK_PROMPTS:
         ids = tokenizer(prompt, return_tensors="pt").input_ids
-        want, have = expected(ids).logits, got(ids).logits
+        with torch.no_grad():
+            want, have = quantised(ids).logits, saved(ids).logits
         if not torch.equal(want, have):
             raise RuntimeError(f"converted model's logits differ from the GGUF model's on {prompt!r} "
                                f"(largest difference {(want - have).abs().max().item():.3g})")

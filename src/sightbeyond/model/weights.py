@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sightbeyond.config import Params, is_hub_id
+from sightbeyond.config import KNOWN_VISION, Params, is_hub_id
 
 
 class MissingWeightsError(RuntimeError):
@@ -20,7 +22,8 @@ class BackboneWeights:
     vision: str
 
 
-def _resolve(name: str, what: str, repo_or_path: str, local_path: str | None, advice: str, built: bool = False) -> str:
+def _resolve(params: Params, what: str, repo_or_path: str, local_path: str | None, field: str) -> str:
+    name, advice, built = params.backbone, _advice(params, field, repo_or_path), params.active.build is not None
     if local_path:
         if (Path(local_path) / "config.json").is_file():
             return local_path
@@ -35,33 +38,28 @@ def _resolve(name: str, what: str, repo_or_path: str, local_path: str | None, ad
 
 @functools.cache
 def _hub(name: str, what: str, repo_id: str, advice: str) -> str:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    try:
+    with contextlib.suppress(LocalEntryNotFoundError):
         snapshot_download(repo_id, allow_patterns=["config.json"], local_files_only=True)
         return repo_id  # cached
-    except LocalEntryNotFoundError:
-        pass
     problem = "offline (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else None
     if problem is None:
         try:
-            from huggingface_hub import HfApi
-
             HfApi().model_info(repo_id, timeout=10)
             return repo_id
         except HfHubHTTPError as err:
             problem = f"the hub refused access ({err.__class__.__name__}: {str(err).splitlines()[0]})"
         except Exception as err:  # no network: DNS or connection errors from requests/httpx
             problem = f"the hub is unreachable ({err.__class__.__name__})"
-    raise MissingWeightsError(
-        f"backbone {name!r}: {what} weights {repo_id!r} are not in the local cache and {problem}. "
-        f"Download them elsewhere and {advice}."
-    )
+    raise MissingWeightsError(f"backbone {name!r}: {what} weights {repo_id!r} are not in the local cache and "
+                              f"{problem}. Download them elsewhere and {advice}.")
 
 
-def _advice(params: Params, field: str, folder: str) -> str:
+def _advice(params: Params, field: str, repo_or_path: str) -> str:
     """How to point at local weights. A backbone given as a hub id or a path has no registry entry to set."""
+    folder = repo_or_path.rstrip("/").split("/")[-1]
     if params.backbone in params.backbones:
         param = f"backbones.{params.backbone}.{field}"
         return f"set {param} in params.yaml to the local directory (or `-S {param}=/path/to/{folder}`)"
@@ -72,19 +70,13 @@ def _advice(params: Params, field: str, folder: str) -> str:
 
 
 def resolve_llm(params: Params) -> str:
-    b, name = params.active, params.backbone
-    return _resolve(name, "LLM", b.llm, b.local_path, _advice(params, "local_path", b.llm.rstrip("/").split("/")[-1]),
-                    b.build is not None)
+    return _resolve(params, "LLM", params.active.llm, params.active.local_path, "local_path")
 
 
 def resolve_backbone(params: Params) -> BackboneWeights:
-    b, name = params.active, params.backbone
-    return BackboneWeights(
-        llm=resolve_llm(params),
-        vision=_resolve(name, "vision encoder", b.vision, b.vision_local_path,
-                        _advice(params, "vision_local_path", b.vision.rstrip("/").split("/")[-1]),
-                        b.build is not None),
-    )
+    b = params.active
+    return BackboneWeights(resolve_llm(params), _resolve(params, "vision encoder", b.vision, b.vision_local_path,
+                                                         "vision_local_path"))
 
 
 def hub_revision(resolved: str) -> str | None:
@@ -100,13 +92,9 @@ def hub_revision(resolved: str) -> str | None:
 def image_tokens(params: Params) -> int | None:
     """Patch tokens per image: from the vision encoder's config where it is at hand, else from the hub encoders the
     recipes name."""
-    from sightbeyond.config import KNOWN_VISION
-
     b = params.active
     config = Path(b.vision_local_path or b.vision) / "config.json"
     if config.is_file():
-        import json
-
         raw = json.loads(config.read_text())
         vision = raw.get("vision_config", raw)
         size, patch = vision.get("image_size", 224), vision.get("patch_size", 14)

@@ -81,9 +81,8 @@ def _bars(results: Results, boot: Bootstrap, groups: dict[str, dict[str, Cell]],
                     continue
                 c = results.compare(a, b, metric, boot)
                 delta = k * (results.value(b, metric) - results.value(a, metric))
-                significance = stars(c.p) if c else " (CI n/a)"
-                ax.text(g, 1.04 * top, f"{annotate[1]} − {annotate[0]}:\n{delta:+.1f}{significance}", ha="center",
-                        va="bottom", fontsize=8)
+                ax.text(g, 1.04 * top, f"{annotate[1]} − {annotate[0]}:\n{delta:+.1f}"
+                        f"{stars(c.p) if c else ' (CI n/a)'}", ha="center", va="bottom", fontsize=8)
         ax.set_ylim(0, 1.25 * top)
         ax.set_xticks(range(len(groups)), list(groups), rotation=20 if len(groups) > 4 else 0,
                       ha="right" if len(groups) > 4 else "center")
@@ -101,8 +100,8 @@ def _ablation(results: Results, series: dict[str, tuple[str, str]],
     (series -> modality, data) that ran."""
     groups: dict[str, dict[str, Cell]] = {}
     for backbone, tuning in sorted({(c.backbone, c.tuning) for c in results.cells if c.stage == "eval_nlp"}):
-        cells = {name: Cell(backbone, tuning, modality, data) for name, (modality, data) in series.items()}
-        cells = {name: cell for name, cell in cells.items() if cell in results.cells}
+        cells = {name: cell for name, (modality, data) in series.items()
+                 if (cell := Cell(backbone, tuning, modality, data)) in results.cells}
         if any(name in cells for name in required):
             groups[f"{backbone}, {tuning}"] = {"base": Cell.base(backbone), **cells}
     return groups
@@ -154,10 +153,9 @@ def stepwise(results: Results, path: Path) -> dict[str, list[dict]]:
     _save(fig, path)
     table = {}
     for label, history in curves.items():
-        steps = sorted({s for points in history.values() for s, _ in points})
         by_metric = {m: dict(points) for m, points in history.items()}
         table[label] = [{"step": s, **{m.replace("/", "_"): scale(m) * by_metric[m][s] if s in by_metric[m] else None
-                                       for m in STEPWISE}} for s in steps]
+                                       for m in STEPWISE}} for s in sorted(set().union(*by_metric.values()))]
     return table
 
 
@@ -193,12 +191,9 @@ def correlation(results: Results, data: str, path: Path) -> list[dict]:
             shared = sorted(paper_mm.keys() & paper_nlp.keys())
             px, py = [paper_nlp[m] for m in shared], [paper_mm[m] for m in shared]
             ax.scatter(px, py, marker="x", color="0.6", label=f"paper, {_pearson(px, py)}")
-            ours = []
-            for backbone, tuning in models:
-                x = results.value(Cell(backbone, tuning, "image", data), nlp)
-                y = results.value(Cell(backbone, tuning, "image", data, stage="eval_mm"), mm)
-                if x is not None and y is not None:
-                    ours.append((f"{backbone}-{tuning}", scale(nlp) * x, scale(mm) * y))
+            ours = [(f"{backbone}-{tuning}", scale(nlp) * x, scale(mm) * y) for backbone, tuning in models
+                    if (x := results.value(Cell(backbone, tuning, "image", data), nlp)) is not None
+                    and (y := results.value(Cell(backbone, tuning, "image", data, stage="eval_mm"), mm)) is not None]
             for name, x, y in ours:
                 ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
                 records.append({"mm_metric": mm, "nlp_metric": nlp, "model": name, "nlp": x, "mm": y})

@@ -136,11 +136,8 @@ def read_paper(spec: Spec) -> tuple[list[Row], dict[tuple[Row, str], str]]:
 
 def paper_numbers(text: str) -> list[tuple[float | None, float | None]]:
     """(value, delta) of each " / "-separated part of a paper cell; None where it has none ("-")."""
-    out = []
-    for part in text.split(" / "):
-        m = re.fullmatch(r"\s*([\d.]+)%?\s*(?:\(([+-]?[\d.]+)%\))?\s*", part)
-        out.append((float(m[1]), float(m[2]) if m[2] else None) if m else (None, None))
-    return out
+    return [(float(m[1]), float(m[2]) if m[2] else None) if m else (None, None)
+            for m in (re.fullmatch(r"\s*([\d.]+)%?\s*(?:\(([+-]?[\d.]+)%\))?\s*", part) for part in text.split(" / "))]
 
 
 def _rows(spec: Spec, paper_rows: list[Row], results: Results, data: str) -> list[Row]:
@@ -163,14 +160,11 @@ def _rows(spec: Spec, paper_rows: list[Row], results: Results, data: str) -> lis
 def build(spec: Spec, results: Results, boot: Bootstrap, data: str = "full") -> Table:
     paper_rows, paper = read_paper(spec)
     rows = _rows(spec, paper_rows, results, data)
-    entries = {}
-    for row in rows:
-        cell = (Cell.base(row.backbone) if row.tuning == NONE
-                else Cell(row.backbone, row.tuning, "image", data, stage=spec.stage))
-        for column in spec.columns:
-            for metric in column.metrics:
-                entries[row, metric] = _entry(row, cell, metric, column, results, boot, spec.percent,
-                                              paper.get((row, column.header), ""))
+    cells = {row: Cell.base(row.backbone) if row.tuning == NONE
+             else Cell(row.backbone, row.tuning, "image", data, stage=spec.stage) for row in rows}
+    entries = {(row, metric): _entry(row, cells[row], metric, column, results, boot, spec.percent,
+                                     paper.get((row, column.header), ""))
+               for row in rows for column in spec.columns for metric in column.metrics}
     return Table(spec, rows, entries, paper)
 
 

@@ -52,17 +52,13 @@ def scores(predictions: list[dict[str, Any]], references: list[dict[str, Any]]) 
     no_answer = {p["id"]: float(np.float32(p["no_answer_probability"])) for p in predictions}
     golds = {r["id"]: [a for a in r["answers"]["text"] if normalize(a)] or [""] for r in references}
     has_answer = {r["id"]: bool(r["answers"]["text"]) for r in references}
-    raw = {
-        "exact": {qid: max(exact(g, text[qid]) for g in gold) for qid, gold in golds.items()},
-        "f1": {qid: max(f1(g, text[qid]) for g in gold) for qid, gold in golds.items()},
-    }
-    thresholded = {
-        name: {qid: float(not has_answer[qid]) if no_answer[qid] > NO_ANSWER_THRESHOLD else s for qid, s in per_qid.items()}
-        for name, per_qid in raw.items()
-    }
+    raw = {name: {qid: max(score(g, text[qid]) for g in gold) for qid, gold in golds.items()}
+           for name, score in (("exact", exact), ("f1", f1))}
+    thresholded = {name: {qid: float(not has_answer[qid]) if no_answer[qid] > NO_ANSWER_THRESHOLD else s
+                          for qid, s in per_qid.items()} for name, per_qid in raw.items()}
     out: dict[str, float] = {}
-    subsets = (("", list(golds)), ("HasAns_", [q for q in golds if has_answer[q]]), ("NoAns_", [q for q in golds if not has_answer[q]]))
-    for prefix, qids in subsets:
+    for prefix, qids in (("", list(golds)), ("HasAns_", [q for q in golds if has_answer[q]]),
+                         ("NoAns_", [q for q in golds if not has_answer[q]])):
         if qids:
             for name, per_qid in thresholded.items():
                 out[prefix + name] = 100.0 * sum(per_qid[q] for q in qids) / len(qids)

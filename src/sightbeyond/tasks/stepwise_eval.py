@@ -18,6 +18,7 @@ groups (MMLU) through lm-eval's group aggregation, so the metrics are lm-eval's.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,10 +93,9 @@ class SharedPrefixScorer:
 
         device = model.device
         scores: dict[int, tuple[float, bool]] = {}
-        numbered = [(i, cluster, chunk) for i, (cluster, chunk) in
-                    enumerate((cluster, chunk) for cluster in self.clusters for chunk in cluster.chunks)]
+        numbered = itertools.count()  # chunks numbered across clusters, in order
         for cluster in self.clusters:
-            mine = [chunk for i, c, chunk in numbered if c is cluster and i % world_size == rank]
+            mine = [chunk for chunk in cluster.chunks if next(numbered) % world_size == rank]
             if not mine:
                 continue
             shared, prefix_length = None, 0
@@ -122,8 +122,7 @@ class SharedPrefixScorer:
                 logprob = torch.zeros(n, dtype=torch.float32, device=device).index_add_(0, request, token_logprobs.float())
                 logprob = logprob.to(token_logprobs.dtype)
                 missed = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, request, misses)
-                for r, lp, m in zip(chunk.requests, logprob.tolist(), missed.tolist()):
-                    scores[r] = (lp, m == 0)
+                scores.update((r, (lp, m == 0)) for r, lp, m in zip(chunk.requests, logprob.tolist(), missed.tolist()))
         return scores
 
 
@@ -199,9 +198,8 @@ def _attention_mask(segment: torch.Tensor, prefix: int, model) -> torch.Tensor:
     """(rows, 1, length, prefix + length): every position sees the prefix; a context position sees the context before
     it, a branch position the whole context and its branch up to itself; padding sees the prefix and itself only."""
     rows, length = segment.shape
-    index = torch.arange(length)
     real = segment >= 0
-    earlier = index[None, :, None] >= index[None, None, :]
+    earlier = torch.ones(length, length, dtype=torch.bool).tril()[None]
     same_tree = (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])
     within = earlier & same_tree & real[:, None, :] & real[:, :, None]
     within |= torch.eye(length, dtype=torch.bool)[None] & ~real[:, :, None]
@@ -302,9 +300,6 @@ class StepwiseEvaluator:
 
 def _aggregate(task, docs: list[DocResult]) -> dict[str, Any]:
     """lm-eval's per-task result: each metric's aggregation over the documents, keyed "<metric>,none"."""
-    values: dict[str, list] = {}
-    for doc in docs:
-        for metric, value in doc.values.items():
-            values.setdefault(metric, []).append(value)
     aggregation = task.aggregation()
-    return {f"{metric},none": aggregation[metric](vs) for metric, vs in values.items()} | {"sample_len": len(docs)}
+    return {f"{metric},none": aggregation[metric]([doc.values[metric] for doc in docs if metric in doc.values])
+            for metric in dict.fromkeys(m for doc in docs for m in doc.values)} | {"sample_len": len(docs)}
