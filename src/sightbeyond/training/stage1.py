@@ -1,4 +1,9 @@
-"""Stage 1: connect the frozen CLIP to the frozen LLM by training only the projector on image-caption pairs."""
+"""Stage 1: connect the frozen CLIP to the frozen LLM by training only the projector on image-caption pairs.
+
+    dvc repro stage1                                   # as the pipeline runs it: `sightbeyond stage1`, one process
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m sightbeyond stage1   # DDP (fsdp / zero2 / zero3)
+    dvc exp run -S 'launch=accelerate launch --config_file configs/accelerate/ddp.yaml -m sightbeyond'
+"""
 
 from __future__ import annotations
 
@@ -20,26 +25,34 @@ PARAMS = ("backbone", "backbones.{backbone}", "model", "preset", "presets", "sta
 
 def run(params: Params) -> None:
     hparams, cell = params.hparams.stage1, Cell.of(params)
+    # Training arguments: SFTConfig, built (and so checked) before the model loads
     check_launch(hparams, f"presets.{params.preset_name}.stage1")
     work, inputs = cell.trainer_dir("stage1"), [split_dir("stage1")]
     args = sft_config(work, hparams, learning_rate=hparams.learning_rate, save_steps=params.stage1.save_steps,
                       where=f"presets.{params.preset_name}.stage1")
-    # seeded before the model is built, not only by the Trainer after: the projector's initialisation, LoRA's and
-    # the new token rows of a hub LLM's embeddings are drawn before the Trainer exists
+
+    # Model: seeded before it is built, not only by the Trainer after: the projector's initialisation and the new
+    # token rows of a hub LLM's embeddings are drawn before the Trainer exists; only the projector trains
     set_seed(hparams.seed)
     processor = load_processor(params, template="plain")
     model = build_llava(params, processor.tokenizer)
     model.requires_grad_(False)
     model.model.multi_modal_projector.requires_grad_(True)
     train_image_token_rows(model, processor.tokenizer)
-    dataset = load_from_disk(str(split_dir("stage1")), keep_in_memory=True)  # no caches written into a DVC output
 
+    # Dataset: held in memory, so that TRL's map writes no caches into a DVC output
+    dataset = load_from_disk(str(split_dir("stage1")), keep_in_memory=True)
+
+    # Training, resumed into the same run from the last complete checkpoint when a killed attempt left one
+    resumes = fingerprint(params, PARAMS, [*inputs, BACKBONES / params.backbone_key])
     with resumable_run("stage1", params, name=f"stage1-{cell.backbone}", param_sections=("model",), hparams=hparams,
-                       inputs=inputs, trainer_dir=work, fingerprint=fingerprint(params, PARAMS, [*inputs, BACKBONES / params.backbone_key])) as resume, atomic_dir(cell.stage1_dir) as tmp:
+                       inputs=inputs, trainer_dir=work, fingerprint=resumes) as resume, atomic_dir(cell.stage1_dir) as tmp:
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                              callbacks=[ResumableMLflowCallback(resume.logged)])
         trainer.train(resume_from_checkpoint=resume.checkpoint)
-        state = trainer.accelerator.get_state_dict(trainer.model)  # every process takes part: shards are gathered
+
+        # Save: the projector from the trainer's state dict (every process takes part: shards are gathered)
+        state = trainer.accelerator.get_state_dict(trainer.model)
         if is_main_process():
             save_projector(model, state, tmp, processor.tokenizer)
             processor.save_pretrained(tmp)

@@ -1,4 +1,10 @@
-"""Stage 2: visual instruction tuning with TRL's SFTTrainer: LoRA or full fine-tuning, with images or text-only."""
+"""Stage 2: visual instruction tuning with TRL's SFTTrainer: LoRA or full fine-tuning, with images or text-only.
+
+    dvc repro stage2                           # every cell of `grid`: sightbeyond -S data=full stage2 --tuning ...
+    sightbeyond -S data=full stage2 --tuning lora --modality image                     # one cell, one process
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m sightbeyond stage2 --tuning ft --modality text
+    dvc exp run -S presets.paper.stage2.seed=1  # a seed sweep, one DVC experiment per seed
+"""
 
 from __future__ import annotations
 
