@@ -536,3 +536,21 @@ def test_a_bad_benchmarks_yaml_is_named_before_anything_runs(edit, message, tmp_
             nlp.benchmarks()
     finally:
         nlp._definitions.cache_clear()
+
+
+def test_a_benchmarks_yaml_entry_that_is_not_a_mapping_is_named(tmp_path, monkeypatch):
+    import yaml
+
+    from sightbeyond.io import ConfigError
+    from sightbeyond.tasks import nlp
+
+    raw = yaml.safe_load(nlp._BENCHMARKS_FILE.read_text())
+    raw["benchmarks"]["mmlu"] = None
+    (bad := tmp_path / "benchmarks.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(nlp, "_BENCHMARKS_FILE", bad)
+    nlp._definitions.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match=r"benchmarks\.mmlu: expected a mapping"):
+            nlp.benchmarks()
+    finally:
+        nlp._definitions.cache_clear()

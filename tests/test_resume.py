@@ -133,7 +133,7 @@ def test_the_resume_fingerprint_follows_what_changes_training(params_for, tmp_pa
     assert fingerprint(params_for(**{"presets.tiny.stage2.seed": 1}), PARAMS, [tmp_path], tuning="lora", modality="text") != base
     # the NLP benchmarks eval_nlp runs do not change training (DVC does not rerun stage 2 for them either)
     assert fingerprint(params_for(**{"eval_nlp.tasks": ["mmlu"]}), PARAMS, [tmp_path], tuning="lora", modality="text") == base
-    # a backbone named by a hub id or a path, dots and all, is fingerprinted by its entry
+    # a backbone named by a hub id or a path, dots and all, is fingerprinted (its name's dots are not key separators)
     assert fingerprint(params_for(backbone="HuggingFaceTB/SmolLM2-1.7B"), PARAMS, [tmp_path], tuning="lora",
                        modality="text") != base
     # the backbone's template does: it writes the text stage 2 trains on

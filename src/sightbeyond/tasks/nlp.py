@@ -78,11 +78,12 @@ class _BenchmarksFile(_Strict):
 def _definitions() -> _BenchmarksFile:
     """benchmarks.yaml, validated as params.yaml is: an unknown key, a missing one or an unknown reader fails here."""
     raw = yaml.safe_load(_BENCHMARKS_FILE.read_text())
-    try:
-        for name, entry in raw["benchmarks"].items():  # `prefix` and `documents` default to the entry's name
-            entry.update(name=name, prefix=entry.get("prefix", name), documents=entry.get("documents", name))
-    except (KeyError, TypeError, AttributeError):
-        raise ConfigError(f"{_BENCHMARKS_FILE}: invalid: expected `benchmarks:`, a mapping of names to entries") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("benchmarks"), dict):
+        raise ConfigError(f"{_BENCHMARKS_FILE}: invalid: expected `benchmarks:`, a mapping of names to entries")
+    for name, entry in raw["benchmarks"].items():  # `prefix` and `documents` default to the entry's name
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{_BENCHMARKS_FILE}: invalid: benchmarks.{name}: expected a mapping, got {entry!r}")
+        entry.update(name=name, prefix=entry.get("prefix", name), documents=entry.get("documents", name))
     try:
         defined = _BenchmarksFile.model_validate(raw)
     except ValidationError as err:

@@ -32,7 +32,8 @@ def run(params: Params) -> None:
                       where=f"presets.{params.preset_name}.stage1")
 
     # Model: seeded before it is built, not only by the Trainer after: the projector's initialisation and the new
-    # token rows of a hub LLM's embeddings are drawn before the Trainer exists; only the projector trains
+    # token rows of a hub LLM's embeddings are drawn before the Trainer exists; only the projector (and, with image
+    # start/end tokens, their two embedding rows) trains
     set_seed(hparams.seed)
     processor = load_processor(params, template="plain")
     model = build_llava(params, processor.tokenizer)
@@ -51,7 +52,7 @@ def run(params: Params) -> None:
                              callbacks=[ResumableMLflowCallback(resume.logged)])
         trainer.train(resume_from_checkpoint=resume.checkpoint)
 
-        # Save: the projector from the trainer's state dict (every process takes part: shards are gathered)
+        # Save: the projector and the image tokens' rows from the trainer's state dict, and the processor (every process takes part: shards are gathered)
         state = trainer.accelerator.get_state_dict(trainer.model)
         if is_main_process():
             save_projector(model, state, tmp, processor.tokenizer)

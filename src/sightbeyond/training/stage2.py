@@ -3,7 +3,7 @@
     dvc repro stage2                           # every cell of `grid`: sightbeyond -S data=full stage2 --tuning ...
     sightbeyond -S data=full stage2 --tuning lora --modality image                     # one cell, one process
     accelerate launch --config_file configs/accelerate/ddp.yaml -m sightbeyond stage2 --tuning ft --modality text
-    dvc exp run -S presets.paper.stage2.seed=1  # a seed sweep, one DVC experiment per seed
+    dvc exp run -S presets.tiny.stage2.seed=1   # a seed of the backbone's preset: one DVC experiment per seed
 """
 
 from __future__ import annotations
