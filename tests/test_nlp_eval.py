@@ -519,6 +519,7 @@ def test_an_lm_eval_without_the_task_index_this_project_reads_is_named(tmp_path,
     (lambda b: b["ethics_cm"].update(shots=3), "shots"),                                  # not a field: num_fewshot
     (lambda b: b["ethics_cm"]["local"].update(reader="ethics_cm"), "reader 'ethics_cm'"),  # no such reader
     (lambda b: b["mmlu"].pop("task"), "task"),                                            # a field missing
+    (lambda b: b.update(mmlu=None), r"benchmarks\.mmlu: expected a mapping"),              # not an entry at all
 ])
 def test_a_bad_benchmarks_yaml_is_named_before_anything_runs(edit, message, tmp_path, monkeypatch):
     import yaml
@@ -537,20 +538,3 @@ def test_a_bad_benchmarks_yaml_is_named_before_anything_runs(edit, message, tmp_
     finally:
         nlp._definitions.cache_clear()
 
-
-def test_a_benchmarks_yaml_entry_that_is_not_a_mapping_is_named(tmp_path, monkeypatch):
-    import yaml
-
-    from sightbeyond.io import ConfigError
-    from sightbeyond.tasks import nlp
-
-    raw = yaml.safe_load(nlp._BENCHMARKS_FILE.read_text())
-    raw["benchmarks"]["mmlu"] = None
-    (bad := tmp_path / "benchmarks.yaml").write_text(yaml.safe_dump(raw))
-    monkeypatch.setattr(nlp, "_BENCHMARKS_FILE", bad)
-    nlp._definitions.cache_clear()
-    try:
-        with pytest.raises(ConfigError, match=r"benchmarks\.mmlu: expected a mapping"):
-            nlp.benchmarks()
-    finally:
-        nlp._definitions.cache_clear()

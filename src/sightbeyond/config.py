@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, PrivateAttr, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, PrivateAttr, field_validator,
+                      model_validator)
 
-from sightbeyond.io import ConfigError
+from sightbeyond.io import ConfigError, Strict, validated
 from sightbeyond.tasks.corruptions import CORRUPTIONS
 from sightbeyond.tasks.mme import COGNITION, PERCEPTION
 
@@ -21,10 +21,6 @@ Tuning = Literal["lora", "ft"]
 Modality = Literal["image", "text"]
 InstructData = Literal["full", "conversation", "detail", "reasoning", "random20k"]
 Template = Literal["plain", "v0", "v1", "llama_2", "chatml"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 CLIP_L14 = "openai/clip-vit-large-patch14"
@@ -441,10 +437,4 @@ def load_params(path: Path | None = None, overrides: dict | None = None) -> Para
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg'].removeprefix('Value error, ')}"
-                             + ("" if isinstance(e["input"], dict) else f" (got {repr(e['input'])[:80]})")
-                             for e in err.errors())
-        raise ConfigError(f"{path}: invalid parameters: {problems}") from None
+    return validated(Params, raw, path, "invalid parameters")

@@ -10,10 +10,33 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class ConfigError(ValueError):
     """Settings the user must change; here, below every module that raises it (config, the benchmark libraries)."""
+
+
+class Strict(BaseModel):
+    """A section of a settings file (params.yaml, benchmarks.yaml): unknown keys are refused, values frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Settings = TypeVar("Settings", bound=BaseModel)
+
+
+def validated(model: type[Settings], raw, path: Path, what: str) -> Settings:
+    """`raw`, a settings file's content, as `model`; else one ConfigError naming the file and each problem's key."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg'].removeprefix('Value error, ')}"
+                             + ("" if isinstance(e["input"], dict) else f" (got {repr(e['input'])[:80]})")
+                             for e in err.errors())
+        raise ConfigError(f"{path}: {what}: {problems}") from None
 
 
 def is_main_process() -> bool:

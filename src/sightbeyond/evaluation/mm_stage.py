@@ -33,8 +33,10 @@ def load_benchmarks(cfg: EvalMM) -> dict:
     """Every selected benchmark, read and checked (layout, answers, images present) before a model loads."""
     data: dict = {}
     images: list[Path] = []
+    read: dict[tuple[Path, ...], tuple] = {}  # families over the same files (coco, coco_c) read them once
     for family in cfg.benchmarks:
-        data[family], paths = FAMILIES[family].read(cfg)
+        files = tuple(FAMILIES[family].inputs(cfg))
+        data[family], paths = read[files] = read.get(files) or FAMILIES[family].read(cfg)
         images += paths
     missing = sorted({str(p) for p in images if not p.is_file()})
     if missing:

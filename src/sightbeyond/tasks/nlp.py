@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError, field_validator
+from pydantic import NonNegativeInt, field_validator
 
-from sightbeyond.io import ConfigError
+from sightbeyond.io import ConfigError, Strict, validated
 from sightbeyond.tasks.lm_eval_index import leaves, official_config, set_config
 
 if TYPE_CHECKING:
@@ -40,16 +40,12 @@ _SPLITS = ("training_split", "validation_split", "test_split", "fewshot_split")
 SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Release(_Strict):
+class Release(Strict):
     reader: str               # a key of local_docs.READERS
     files: dict[str, str]     # split -> path under the data root
 
 
-class Benchmark(_Strict):
+class Benchmark(Strict):
     name: str
     task: str                 # lm-eval's task or group
     folder: str               # of its official configs, under lm_eval/tasks
@@ -69,7 +65,7 @@ class Benchmark(_Strict):
         return local
 
 
-class _BenchmarksFile(_Strict):
+class _BenchmarksFile(Strict):
     benchmarks: dict[str, Benchmark]
     means: dict[str, list[str]]  # an averaged metric -> the metrics it averages
 
@@ -84,12 +80,7 @@ def _definitions() -> _BenchmarksFile:
         if not isinstance(entry, dict):
             raise ConfigError(f"{_BENCHMARKS_FILE}: invalid: benchmarks.{name}: expected a mapping, got {entry!r}")
         entry.update(name=name, prefix=entry.get("prefix", name), documents=entry.get("documents", name))
-    try:
-        defined = _BenchmarksFile.model_validate(raw)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                             for e in err.errors())
-        raise ConfigError(f"{_BENCHMARKS_FILE}: invalid: {problems}") from None
+    defined = validated(_BenchmarksFile, raw, _BENCHMARKS_FILE, "invalid")
     known = {f"{b.prefix}/{metric}" for b in defined.benchmarks.values() for metric in b.metrics}
     for mean, parts in defined.means.items():
         if unknown := set(parts) - known:
