@@ -109,12 +109,26 @@ class TextPretrain(Pretrain):
     seq_len: PositiveInt
 
 
+class Reading(Strict):
+    """The tiny LLM's reading practice (embedded/tiny.py, reading_practice): scenes in words where an image goes."""
+
+    scenes: NonNegativeInt
+    captions: float = Field(ge=0, le=1)  # share followed by the scene's caption
+    lookups: float = Field(ge=0, le=1)   # share followed by every shape and yes or no; the rest: presence questions
+
+    @model_validator(mode="after")
+    def _shares(self):
+        if self.captions + self.lookups > 1:
+            raise ValueError(f"captions {self.captions} + lookups {self.lookups} is more than all the scenes")
+        return self
+
+
 class TinyBackbone(Strict):
     seed: int
     vocab_size: PositiveInt
     llm: TinyLLM
     llm_pretrain: TextPretrain
-    grounded_scenes: NonNegativeInt  # scenes described in words then asked about, added to the LLM's pretraining
+    reading: Reading
     clip: TinyCLIP
     clip_pretrain: Pretrain
 
@@ -125,6 +139,8 @@ class Prepare(Strict):
     instruct_dir: Path
     instruct_images: Path
     on_bad_record: Literal["error", "skip"]
+    heldout: NonNegativeInt     # records of each set kept out of training, for the image-reliance measurement
+    seed: int
 
 
 class Subsets(Strict):
@@ -143,6 +159,9 @@ class Report(Strict):
 
 class ModelCfg(Strict):
     projector: Literal["linear", "mlp2x_gelu"]
+    # text_scale: a fresh projector's output scaled to the norm of the LLM's token embeddings (README, recipe);
+    # default: torch's initialisation, as the authors'
+    projector_init: Literal["text_scale", "default"]
     vision_feature_layer: int
     image_start_end: bool | None     # <im_start>/<im_end> around each image's tokens; null: the preset's
 
@@ -163,6 +182,10 @@ class TrainingArgs(Strict):
     logging_steps: PositiveInt
     save_total_limit: PositiveInt
     dataloader_num_workers: NonNegativeInt
+    eval_steps: PositiveInt                 # step-wise evaluation every this many steps: image reliance (stage 1 and
+                                            # 2), TruthfulQA-mc1 / ETHICS (stage 2, Figure 4)
+    bf16: bool | None = None                # bf16 autocast in training and step-wise evaluation; null: where the
+                                            # hardware has bf16 arithmetic (CUDA, or a CPU with AVX512-BF16 / AMX)
 
     @model_validator(mode="after")
     def _divides(self):  # on one process; grad_accum checks again for the launch's number of processes
@@ -181,7 +204,7 @@ class TrainingArgs(Strict):
     def sft_fields(self) -> dict:
         """The fields SFTConfig takes as they are."""
         return self.model_dump(exclude={"global_batch_size", "learning_rate", "lora", "mm_projector_lr", "eval_steps",
-                                        "stepwise_limit", "max_steps"})
+                                        "stepwise_limit", "max_steps", "bf16"})
 
 
 class Stage1Hparams(TrainingArgs):
@@ -205,7 +228,6 @@ class Stage2Hparams(TrainingArgs):
     learning_rate: Stage2LR                 # one per tuning: LoRA takes larger steps
     mm_projector_lr: PositiveFloat | None = None  # LLaVA-1.5's: the projector's own learning rate (null: the run's)
     lora: LoraCfg
-    eval_steps: PositiveInt                 # step-wise TruthfulQA-mc1 / ETHICS every this many steps (Figure 4)
     stepwise_limit: PositiveInt | None = None  # documents per task in the step-wise evaluation (null: all)
 
 

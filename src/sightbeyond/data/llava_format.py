@@ -30,8 +30,10 @@ INSTRUCT_FILES = {"full": "llava_instruct_*.json", "conversation": "conversation
 
 def chat_template(name: str, image_start_end: bool = False) -> str:
     """The conversation template `name` (templates/<name>.jinja: the text stage 1 and 2 train on, and which turns the
-    loss covers); an image is written as `image`, which the processor expands to one token per patch."""
-    image = f"{IMAGE_START}{IMAGE_TOKEN}{IMAGE_END}" if image_start_end else IMAGE_TOKEN
+    loss covers); an image is written as `image`, which the processor expands to one token per patch. Stage 1's
+    `plain` never wraps it: LLaVA's `preprocess_plain` replaces the first turn by a bare <image> after the start/end
+    tokens were added, so they first occur (and their rows first train) in stage 2."""
+    image = f"{IMAGE_START}{IMAGE_TOKEN}{IMAGE_END}" if image_start_end and name != "plain" else IMAGE_TOKEN
     return ("{%- set image = '" + image + "' -%}\n" +
             resources.files("sightbeyond.data.templates").joinpath(f"{name}.jinja").read_text())
 

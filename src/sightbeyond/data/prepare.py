@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow
-from datasets import Dataset, Features, Image, List, Value
+from datasets import Dataset, DatasetDict, Features, Image, List, Value, load_from_disk
 from datasets.exceptions import DatasetGenerationError
 
 from sightbeyond.config import Params
 from sightbeyond.data.llava_format import INSTRUCT_FILES, ReadCounts, find_file, read_llava_file
-from sightbeyond.io import atomic_dir
+from sightbeyond.io import ConfigError, atomic_dir
 from sightbeyond.data.subsets import subset_file
 from sightbeyond.layout import PREPARED, split_dir
 from sightbeyond.tracking.runs import stage_run
@@ -27,17 +28,39 @@ def features(with_image: bool):
                      "images": List(Image())})
 
 
-def save(rows: Callable[[], Iterator[dict]], out: Path, *, with_image: bool) -> None:
-    """Write rows to Arrow in batches, so memory stays bounded whatever the number of records."""
+TRAIN, HELDOUT = "train", "heldout"
+
+
+def heldout_rows(n_rows: int, n: int, seed: int) -> list[int]:
+    """The seeded rows kept out of training, for measuring image reliance on records no step has seen: the same
+    rows of the same records in every split (image and text-only alike)."""
+    if n and n >= n_rows:
+        raise ConfigError(f"prepare.heldout {n} leaves none of the {n_rows} records to train on")
+    return sorted(random.Random(seed).sample(range(n_rows), n))
+
+
+def save(rows: Callable[[], Iterator[dict]], out: Path, *, with_image: bool, heldout: int = 0, seed: int = 0) -> None:
+    """Write rows to Arrow in batches, so memory stays bounded whatever the number of records, as a DatasetDict:
+    `train`, and `heldout` (that many seeded rows, none of them in `train`) when asked for."""
     scratch = out.with_name(f".{out.name}.build")  # a fresh cache: a datasets cache keyed on code alone could be stale
     try:
         dataset = Dataset.from_generator(rows, features=features(with_image), cache_dir=str(scratch))
-        dataset.save_to_disk(str(out))
-        del dataset
+        kept = heldout_rows(len(dataset), heldout, seed)
+        train = dataset.select(sorted(set(range(len(dataset))) - set(kept))) if kept else dataset
+        splits = {TRAIN: train} | ({HELDOUT: dataset.select(kept)} if kept else {})
+        DatasetDict(splits).save_to_disk(str(out))
+        del dataset, train, splits
     except DatasetGenerationError as err:  # the bad record's own error, not datasets' wrapper
         raise (err.__cause__ or err) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def load_prepared(path: Path, split: str = TRAIN) -> Dataset | None:
+    """A prepared split, held in memory (so that TRL's map writes no caches into a DVC output); None for a
+    `heldout` split the set was prepared without (prepare.heldout: 0)."""
+    splits = load_from_disk(str(path), keep_in_memory=True)
+    return splits.get(split) if split == HELDOUT else splits[split]
 
 
 def instruct_file(params: Params) -> Path:
@@ -63,7 +86,7 @@ def run(params: Params, split: str) -> None:
             reports[part] = ReadCounts()
             save(lambda: read_llava_file(source, images, on_bad_record=cfg.on_bad_record, with_image=with_image,
                                          plain=split == "stage1", report=reports[part]),
-                 out if split == "stage1" else out / part, with_image=with_image)
+                 out if split == "stage1" else out / part, with_image=with_image, heldout=cfg.heldout, seed=cfg.seed)
         summary = {part: r.as_dict() for part, r in reports.items()} | {"source": str(source)}
         (out / "report.json").write_text(json.dumps(summary, indent=2))
         mlflow.log_metrics({f"{part}/{k}": v for part, r in reports.items() for k, v in r.as_dict().items() if k != "reasons"})

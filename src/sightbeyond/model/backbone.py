@@ -29,10 +29,10 @@ def run(params: Params) -> None:
     resolved = None if entry.build else resolve_backbone(params)
     with atomic_dir(backbone_dir(params)) as out:
         if entry.build == "tiny":
-            tiny.build(params.tiny_backbone, SYNTH, out, params.synth.image_size)
+            tiny.build(params.tiny_backbone, SYNTH, out, params.synth.image_size, entry.template)
         elif entry.build == "gguf":
             convert(source, out / "llm")
-            tiny.build(params.tiny_backbone, SYNTH, out, params.synth.image_size, llm=False)
+            tiny.build(params.tiny_backbone, SYNTH, out, params.synth.image_size, entry.template, llm=False)
         record = {"backbone": params.backbone, "entry": entry.model_dump(mode="json")}
         if source is not None:  # its content, not where this machine keeps it
             record["gguf_sha256"] = sha256(source)

@@ -56,7 +56,7 @@ def sft_config(output_dir: Path, hparams: Stage1Hparams | Stage2Hparams, *, lear
         gradient_accumulation_steps=hparams.grad_accum(world_size(), where),  # the same global batch on any world size
         max_steps=hparams.max_steps or -1,  # -1: the epochs decide
         assistant_only_loss=True,  # the loss covers assistant turns and their end token, as LLaVA's
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        bf16=bf16(hparams),
         activation_checkpointing=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # without CUDA, processes launched together join a gloo group
         ddp_find_unused_parameters=False,  # every trainable parameter takes part in every step
@@ -71,6 +71,30 @@ def sft_config(output_dir: Path, hparams: Stage1Hparams | Stage2Hparams, *, lear
         return SFTConfig(**fields)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{where}: SFTConfig refuses it: {str(err).splitlines()[0]}") from err
+
+
+def has_bf16() -> bool:
+    """Whether this machine does bf16 arithmetic in hardware: CUDA's, or a CPU's AVX512-BF16 / AMX (x86) or BF16
+    (Arm) instructions. Elsewhere bf16 autocast on a CPU is emulated, and slower than fp32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = set(" ".join(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                             if line.startswith(("flags", "Features"))).split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def bf16(hparams: Stage1Hparams | Stage2Hparams) -> bool:
+    """bf16 autocast for training and step-wise evaluation: the preset's `bf16`, or (null) where the hardware has it
+    (measured on SmolLM2 on this project's CPU: a training step 1.7x, a forward pass 1.9x fp32's speed)."""
+    return has_bf16() if hparams.bf16 is None else hparams.bf16
+
+
+def autocast_dtype(args) -> torch.dtype | None:
+    """The dtype training runs its forward passes in (SFTConfig's bf16), for evaluations made between steps."""
+    return torch.bfloat16 if args.bf16 else None
 
 
 def unwrap_causal_lm(model: torch.nn.Module):

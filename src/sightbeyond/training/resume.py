@@ -32,10 +32,10 @@ class Resume:
     checkpoint: str | None  # the last complete checkpoint
     logged: dict[str, int]  # per metric, the last step the run already holds: the rerun does not log it again
 
-    @property
-    def stepwise_logged_through(self) -> int:
-        """The last step of the step-wise evaluation (`<task>/<metric>`, logged in one batch per step)."""
-        return max((step for key, step in self.logged.items() if "/" in key), default=-1)
+    def logged_through(self, prefixes: tuple[str, ...]) -> int:
+        """The last step of a step-wise evaluation whose metrics (`<prefix>/<metric>`, logged in one batch per step)
+        start with one of `prefixes`."""
+        return max((step for key, step in self.logged.items() if key.split("/")[0] in prefixes), default=-1)
 
 
 def fingerprint(params: Params, keys: tuple[str, ...], inputs: list[Path], **what) -> str:

@@ -8,19 +8,19 @@
 
 from __future__ import annotations
 
-from datasets import load_from_disk
 from peft import LoraConfig
 from transformers import set_seed
 from trl import SFTTrainer
 
 from sightbeyond.config import Modality, Params, Tuning
+from sightbeyond.data.prepare import HELDOUT, load_prepared
 from sightbeyond.io import atomic_dir, is_main_process
 from sightbeyond.layout import BACKBONES, Cell, split_dir
 from sightbeyond.model.llava import build_llava, load_llm, load_processor, load_tokenizer
 from sightbeyond.tracking.runs import logged_model
 from sightbeyond.training.common import accelerate_plugin, check_launch, sft_config, with_projector_lr, world_size
 from sightbeyond.training.resume import ResumableMLflowCallback, fingerprint, resumable_run
-from sightbeyond.training.stepwise import StepwiseEvalCallback
+from sightbeyond.training.stepwise import RelianceCallback, StepwiseEvalCallback
 
 # the params dvc.yaml declares for this stage (tests/test_layout.py holds them equal): a change to one reruns it
 # under DVC, and makes a killed run start afresh rather than resume; of eval_nlp, only what the step-wise
@@ -61,8 +61,9 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     else:
         model = load_llm(params, tokenizer)
 
-    # Dataset: held in memory, so that TRL's map writes no caches into a DVC output
-    dataset = load_from_disk(str(split_dir(modality, params.data)), keep_in_memory=True)
+    # Dataset: the training records, and (image cells) the held-out ones image reliance is measured on
+    dataset = load_prepared(split_dir(modality, params.data))
+    heldout = load_prepared(split_dir(modality, params.data), HELDOUT) if modality == "image" else None
 
     # Training, resumed into the same run from the last complete checkpoint when a killed attempt left one
     inputs = [split_dir(modality, params.data)] + ([cell.stage1_dir] if modality == "image" else [])
@@ -73,10 +74,12 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
                                                tuning=tuning, modality=modality)) as resume:
         with atomic_dir(cell.stage2_dir) as tmp:
             if stepwise is not None:
-                stepwise.logged_through = resume.stepwise_logged_through  # the run already holds them
+                stepwise.logged_through = resume.logged_through(stepwise.prefixes)  # the run already holds them
             trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing,
                                  peft_config=peft_config,
                                  callbacks=[c for c in (stepwise, ResumableMLflowCallback(resume.logged)) if c])
+            if heldout is not None:
+                trainer.add_callback(RelianceCallback.for_trainer(trainer, heldout, hparams, params.prepare.seed, resume))
             if hparams.mm_projector_lr and modality == "image":
                 with_projector_lr(trainer, hparams.mm_projector_lr)
             trainer.train(resume_from_checkpoint=resume.checkpoint)

@@ -1,20 +1,26 @@
-"""Step-wise NLP evaluation during stage 2 (the paper's Figure 4: TruthfulQA-mc1 and ETHICS), logged to the training
-run at the training step; optionally the model of the step where a chosen metric peaks is kept."""
+"""Step-wise evaluation during training, logged to the training run at the training step: the NLP benchmarks during
+stage 2 (the paper's Figure 4: TruthfulQA-mc1 and ETHICS; optionally the model of the step where a chosen metric
+peaks is kept), and image reliance during stage 1 and the image cells of stage 2."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
 
+import torch
+
 from transformers import TrainerCallback
 
-from sightbeyond.config import ConfigError, Params
+from sightbeyond.config import ConfigError, Params, Stage1Hparams, Stage2Hparams
 from sightbeyond.io import atomic_dir, is_main_process
 from sightbeyond.layout import BEST, SELECTION, nlp_data_root
 from sightbeyond.tasks.nlp import check_files, fixed_subsample, holdout as held_out, load_tasks, metric_names
+from sightbeyond.tasks.reliance import PREFIX, RelianceProbe
 from sightbeyond.tasks.stepwise_eval import StepwiseEvaluator
-from sightbeyond.training.common import unwrap_causal_lm
+from sightbeyond.training.common import autocast_dtype, unwrap_causal_lm
+from sightbeyond.training.resume import Resume
 
 
 
@@ -47,6 +53,7 @@ class StepwiseEvalCallback(TrainerCallback):
         if self.held:  # the reported documents and, apart, the ones the best step is chosen on
             self.samples = {name: sorted(ids + self.held.get(name, [])) for name, ids in self.samples.items()}
         self.tokenizer, self.every, self.batch_size, self.add_bos_token = tokenizer, every, batch_size, add_bos_token
+        self.prefixes = tuple({name.split("/")[0] for name in known} | {"selection"})  # the metrics it logs
         self.logged_through = logged_through  # a resumed run already holds the steps up to here
         self.best_metric, self.best_value, self.best_dir = best_metric, None, None
         self.evaluator, self.last_step = None, None
@@ -79,7 +86,9 @@ class StepwiseEvalCallback(TrainerCallback):
         if state.global_step == self.last_step or state.global_step <= self.logged_through:
             return
         model.eval()
-        result = self.evaluator.run()
+        dtype = autocast_dtype(args)
+        with torch.autocast(model.device.type, dtype=dtype) if dtype else contextlib.nullcontext():  # training's precision
+            result = self.evaluator.run()
         model.train()
         self.last_step = state.global_step
         if not state.is_world_process_zero:  # the main process logs and keeps the best model
@@ -121,3 +130,48 @@ def _best_so_far() -> float | None:
     run = mlflow.active_run()
     value = mlflow.get_run(run.info.run_id).data.tags.get("best_value") if run else None
     return None if value is None else float(value)
+
+
+class RelianceCallback(TrainerCallback):
+    """Image reliance (tasks/reliance.py) on the held-out records during training, every `every` steps, at the start
+    and at the end, logged to the training run at the step (`reliance/*`); at the end, the per-record losses as the
+    run's table `reliance.json`. `logged_through`: a resumed run already holds the steps up to there."""
+
+    def __init__(self, probe: RelianceProbe, *, every: int, autocast_dtype=None, logged_through: int = -1):
+        self.probe, self.every, self.autocast_dtype, self.logged_through = probe, every, autocast_dtype, logged_through
+        self.last_step, self.last = None, None
+
+    @classmethod
+    def for_trainer(cls, trainer, heldout, hparams: Stage1Hparams | Stage2Hparams, seed: int, resume: Resume):
+        """On the held-out records, every `eval_steps`, batched by the trainer's own collator, in its precision."""
+        probe = RelianceProbe(list(heldout), trainer.data_collator, trainer.processing_class.image_processor,
+                              batch_size=hparams.per_device_train_batch_size, seed=seed)
+        return cls(probe, every=hparams.eval_steps, autocast_dtype=autocast_dtype(trainer.args),
+                   logged_through=resume.logged_through((PREFIX,)))
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step > self.logged_through:
+            self._measure(state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 and state.global_step > self.logged_through:
+            self._measure(state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        import mlflow
+
+        result = self.last if state.global_step == self.last_step else self._measure(state, model)
+        if state.is_world_process_zero:
+            mlflow.log_table(result.table(), artifact_file="reliance.json")
+
+    def _measure(self, state, model):
+        import mlflow
+
+        was_training = model.training
+        model.eval()
+        result = self.probe.run(model, self.autocast_dtype)  # every process: a sharded forward needs them all
+        model.train(was_training)
+        if state.is_world_process_zero and state.global_step > self.logged_through:
+            mlflow.log_metrics(result.metrics(), step=state.global_step)
+        self.last_step, self.last = state.global_step, result
+        return result
