@@ -28,8 +28,7 @@ def test_dvc_yaml_declares_the_paths_the_stages_write(monkeypatch):
                 written[f"stage2@{data}-{tuning}-{modality}"] = {c.stage2_dir}
                 written[f"extract@{data}-{tuning}-{modality}"] = {c.extracted_dir}
                 written[f"eval_nlp@{data}-{tuning}-{modality}"] = {c.predictions("eval_nlp"), c.results("eval_nlp")}
-            c = Cell.of(cell, tuning, "image")
-            written[f"eval_mm@{data}-{tuning}"] = {c.predictions("eval_mm"), c.results("eval_mm")}
+                written[f"eval_mm@{data}-{tuning}-{modality}"] = {c.predictions("eval_mm"), c.results("eval_mm")}
     base = Cell.of(params)
     written["eval_nlp_base"] = {base.predictions("eval_nlp"), base.results("eval_nlp")}
     with Repo(str(ROOT)) as repo:

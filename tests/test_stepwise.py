@@ -124,7 +124,7 @@ def test_callback_logs_each_step_and_keeps_the_best_model(model_and_tokenizer, t
 
     model, tokenizer = model_and_tokenizer
     write_nlp_fixtures(tmp_path / "nlp", n_truthfulqa=4, n_ethics=4)
-    args = SimpleNamespace(output_dir=str(tmp_path / "trainer"))
+    args = SimpleNamespace(output_dir=str(tmp_path / "trainer"), bf16=False)
     values = iter([0.5, 0.75, 0.25, 0.75, 1.0])  # the metric at steps 0, 2, 4, 6, 8
     kept: list[str] = []
     run_evaluator = StepwiseEvaluator.run
@@ -162,7 +162,7 @@ def test_best_model_is_saved(model_and_tokenizer, tmp_path, mlflow_store):
     with mlflow.start_run() as run:
         callback = StepwiseEvalCallback(tokenizer, DEFAULT, tmp_path / "nlp", every=5, limit=None, batch_size=4,
                                 best_metric="ethics/acc")
-        callback.on_train_begin(SimpleNamespace(output_dir=str(tmp_path / "trainer")), _state(0), None, model=model,
+        callback.on_train_begin(SimpleNamespace(output_dir=str(tmp_path / "trainer"), bf16=False), _state(0), None, model=model,
                                 processing_class=tokenizer)
     assert (tmp_path / "trainer" / BEST / "tokenizer.json").exists()
     assert mlflow.get_run(run.info.run_id).data.tags["best_step"] == "0"
@@ -241,7 +241,7 @@ def test_a_held_out_share_chooses_the_step_and_no_reported_score_reads_it(model_
                            "stage2.best_metric": "truthfulqa_mc1/acc",
                            "stage2.selection_holdout": 0.25})
     callback = StepwiseEvalCallback.from_params(params, tokenizer)
-    args = SimpleNamespace(output_dir=str(tmp_path / "trainer"))
+    args = SimpleNamespace(output_dir=str(tmp_path / "trainer"), bf16=False)
     mlflow.set_tracking_uri(f"sqlite:///{mlflow_store}")
     with mlflow.start_run() as run:
         callback.on_train_begin(args, _state(0), None, model=model.train(), processing_class=tokenizer)

@@ -1,33 +1,61 @@
 import re
 
-from sightbeyond.embedded.shapesworld import SHAPES
-from sightbeyond.embedded.tiny import grounded_chats
+import pytest
+import torch
 
-DESCRIPTION = re.compile(r"((?:an? \w+ \w+(?:, | and )?)+) on a dark background \.")
+from sightbeyond.config import Reading
+from sightbeyond.embedded import shapesworld as sw
+from sightbeyond.embedded.tiny import GRID, Practice, embed, encode, reading_practice, scene_grid, train_tokenizer
+
 QUESTION_ANSWER = re.compile(r"Is there an? (\w+) in the image\?.*?(Yes|No), there", re.S)
 
 
-def test_grounded_chats_answer_from_the_description_that_precedes_them():
-    texts = grounded_chats(40, seed=3)
-    assert texts == grounded_chats(40, seed=3)
-    chats = [t for t in texts if "Is there" in t]
-    copies = [t for t in texts if "Is there" not in t]
-    assert len(chats) == 30 and len(copies) == 10
-    for copy in copies:
-        first, second, rest = copy.split("\n")
-        assert DESCRIPTION.fullmatch(first) and first == second and rest == ""
-    answers = {"Yes": 0, "No": 0}
-    for chat in chats:
-        described = DESCRIPTION.search(chat)
-        assert described.start() < chat.index("Is there"), "the scene is described where the image goes, before asking"
-        shown = {word for word in described.group(1).replace(",", " ").split() if word in SHAPES}
-        asked = QUESTION_ANSWER.findall(chat)
-        assert len(asked) == 2 + min(2, len(shown))
-        for kind, answer in asked:
-            assert (answer == "Yes") == (kind in shown), chat
-            answers[answer] += 1
-    assert answers["Yes"] > 0 and answers["No"] > 0
+def test_the_grid_lays_each_shape_over_its_cells_patches():
+    scene = [sw.Shape("star", "red", 0), sw.Shape("circle", "blue", 3)]  # top left, bottom right
+    assert scene_grid(scene, 2) == [("red", "star"), ("dark",), ("dark",), ("blue", "circle")]
+    four = scene_grid(scene, 4)  # 2 x 2 patches per cell, row by row
+    assert [i for i, slot in enumerate(four) if slot == ("red", "star")] == [0, 1, 4, 5]
+    assert [i for i, slot in enumerate(four) if slot == ("blue", "circle")] == [10, 11, 14, 15]
 
 
-def test_no_grounded_chats_by_default():
-    assert grounded_chats(0, seed=0) == []
+def test_practice_answers_from_the_grid_where_the_image_goes():
+    docs = reading_practice(Reading(scenes=300, captions=0.3, lookups=0.2), side=2, template="v1", seed=3)
+    assert docs == reading_practice(Reading(scenes=300, captions=0.3, lookups=0.2), side=2, template="v1", seed=3)
+    kinds = {"caption": 0, "lookup": 0, "questions": 0}
+    for doc in docs:
+        shown = {slot[1]: slot[0] for slot in doc.grid if slot != ("dark",)}
+        assert GRID not in doc.before + doc.after
+        if doc.after.endswith(" on a dark background .\n"):
+            kinds["caption"] += 1
+            assert {w for w in doc.after.replace(",", " ").split() if w in sw.SHAPES} == set(shown)
+        elif "Is there" in doc.after:
+            kinds["questions"] += 1
+            assert doc.before.endswith("USER: ") and doc.after.startswith("\nIs there")  # v1, the grid as the image
+            asked = QUESTION_ANSWER.findall(doc.after)
+            assert sorted(k for k, _ in asked) == sorted(sw.SHAPES)  # every shape asked once
+            assert all((answer == "Yes") == (kind in shown) for kind, answer in asked)
+        else:
+            kinds["lookup"] += 1
+            pairs = doc.after.split()
+            assert {pairs[i] for i in range(0, len(pairs), 2)} == set(sw.SHAPES)
+            assert all((pairs[i + 1] == "yes") == (pairs[i] in shown) for i in range(0, len(pairs), 2))
+    assert all(n > 30 for n in kinds.values()), kinds
+
+
+def test_a_grid_position_holds_the_sum_of_its_words_and_only_what_follows_is_scored():
+    doc = Practice("", [("red", "star"), ("dark",)], "a red star on a dark background .\n")
+    tokenizer = train_tokenizer([doc.text()] * 20, vocab_size=300)
+    ids, second, labels = encode(tokenizer, doc)
+    red, star, dark = (tokenizer(" " + w, add_special_tokens=False).input_ids[0] for w in ("red", "star", "dark"))
+    assert ids[1:3] == [red, dark] and second[1:3] == [star, -1]  # after the BOS
+    assert labels[:3] == [-100] * 3 and all(t != -100 for t in labels[3:])
+    table = torch.nn.Embedding(len(tokenizer), 8)
+    model = type("M", (), {"get_input_embeddings": lambda self: table})()
+    out = embed(model, torch.tensor([ids]), torch.tensor([second]))
+    assert torch.allclose(out[0, 1], table.weight[red] + table.weight[star])
+    assert torch.allclose(out[0, 2], table.weight[dark])
+
+
+def test_reading_shares_must_fit_in_the_scenes():
+    with pytest.raises(ValueError, match="more than all the scenes"):
+        Reading(scenes=10, captions=0.7, lookups=0.5)

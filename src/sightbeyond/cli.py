@@ -41,8 +41,10 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--modality", choices=MODALITIES, required=True)
     s = sub.add_parser("eval_nlp", help="lm-evaluation-harness on an LLM")
     s.add_argument("--model", required=True, choices=("base", *VARIANTS))
-    s = sub.add_parser("eval_mm", help="the multimodal benchmarks (MME, POPE, captions, COCO-C, Unicorn) on an image-tuned model")
+    s = sub.add_parser("eval_mm", help="the multimodal benchmarks (MME, POPE, captions, COCO-C, Unicorn) and image reliance of "
+                                       "an image-tuned model, or of a text-only one given the stage-1 projector")
     s.add_argument("--tuning", choices=TUNINGS, required=True)
+    s.add_argument("--modality", choices=MODALITIES, default="image")
     s = sub.add_parser("chain", help="one backbone's chain as a DVC experiment (the MLproject entry point)")
     s.add_argument("--backbone", required=True)
     s.add_argument("--tuning", choices=TUNINGS, required=True)
@@ -87,7 +89,7 @@ def _chain(params, args) -> int:
     import json
     import subprocess
 
-    targets = ["eval_nlp_base", "eval_nlp"] + (["eval_mm"] if args.modality == "image" else [])
+    targets = ["eval_nlp_base", "eval_nlp", "eval_mm"]
     sets = [f"-S{key}={json.dumps(value)}" for key, value in args.overrides.items()]
     return subprocess.run(["dvc", "exp", "run", *sets, *targets]).returncode
 
@@ -109,7 +111,7 @@ COMMANDS = {
     "check": lambda params, args: print(resolve_backbone(params)),
     "subsets": _stage("data.subsets"), "prepare": _stage("data.prepare", "split"), "stage1": _stage("training.stage1"),
     "stage2": _stage("training.stage2", "tuning", "modality"), "extract": _stage("model.extract", "tuning", "modality"),
-    "eval_nlp": _stage("evaluation.nlp_stage", "model"), "eval_mm": _stage("evaluation.mm_stage", "tuning"),
+    "eval_nlp": _stage("evaluation.nlp_stage", "model"), "eval_mm": _stage("evaluation.mm_stage", "tuning", "modality"),
     "chain": _chain, "import_released": _import_released, "report": _stage("report.build"),
     "compare": lambda params, args: compare.main(args, params.tracking.experiment),
     "preview": _stage("training.preview", "split", "n", "json"),

@@ -21,6 +21,7 @@ Tuning = Literal["lora", "ft"]
 Modality = Literal["image", "text"]
 InstructData = Literal["full", "conversation", "detail", "reasoning", "random20k"]
 Template = Literal["plain", "v0", "v1", "llama_2", "chatml"]
+MMBenchmark = Literal["mme", "pope", "coco", "flickr30k", "coco_c", "unicorn", "reliance"]
 
 
 CLIP_L14 = "openai/clip-vit-large-patch14"
@@ -45,6 +46,8 @@ class Backbone(Strict):
     build: Literal["tiny", "gguf"] | None = None
     gguf: GGUFFile | None = None
     template: Template = "v1"               # the stage-2 conversation template
+    document_start: str | None = None       # for a tokenizer without a BOS: the token its pretraining documents
+                                            # followed (SmolLM2: <|endoftext|>), where the templates write a BOS
     preset: str = "paper"                   # the training hyperparameters (a key of `presets`)
     local_path: str | None = None           # a local copy of `llm`, used instead of it when set
     vision_local_path: str | None = None
@@ -276,7 +279,8 @@ class EvalNLP(Strict):
 
 
 class EvalMM(Strict):
-    benchmarks: list[Literal["mme", "pope", "coco", "flickr30k", "coco_c", "unicorn"]]
+    benchmarks: list[MMBenchmark]
+    text_benchmarks: list[MMBenchmark]      # of a text-only cell, given CLIP and the stage-1 projector: the contrast
     mme_dir: Path
     mme_exclude: list[str]              # MME subtasks left out
     pope_dir: Path
@@ -313,8 +317,9 @@ class EvalMM(Strict):
 
     @model_validator(mode="after")
     def _coco_c_needs_coco(self):
-        if "coco_c" in self.benchmarks and "coco" not in self.benchmarks:
-            raise ValueError("eval_mm.benchmarks: coco_c's relative drop is against coco, which is not in the list")
+        for name in ("benchmarks", "text_benchmarks"):
+            if "coco_c" in getattr(self, name) and "coco" not in getattr(self, name):
+                raise ValueError(f"eval_mm.{name}: coco_c's relative drop is against coco, which is not in the list")
         if self.caption_examples < 0:
             raise ValueError("eval_mm.caption_examples must be 0 or more")
         return self

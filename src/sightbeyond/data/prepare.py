@@ -17,6 +17,7 @@ from sightbeyond.data.llava_format import INSTRUCT_FILES, ReadCounts, find_file,
 from sightbeyond.io import ConfigError, atomic_dir
 from sightbeyond.data.subsets import subset_file
 from sightbeyond.layout import PREPARED, split_dir
+from sightbeyond.tasks.reliance import HELDOUT
 from sightbeyond.tracking.runs import stage_run
 
 def features(with_image: bool):
@@ -28,7 +29,7 @@ def features(with_image: bool):
                      "images": List(Image())})
 
 
-TRAIN, HELDOUT = "train", "heldout"
+TRAIN = "train"
 
 
 def heldout_rows(n_rows: int, n: int, seed: int) -> list[int]:

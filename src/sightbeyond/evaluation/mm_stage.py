@@ -1,4 +1,5 @@
-"""Stage `eval_mm`: the paper's multimodal benchmarks on an image-tuned model (Tables 4 and 5).
+"""Stage `eval_mm`: the paper's multimodal benchmarks on an image-tuned model (Tables 4 and 5), and the contrast of a
+text-only-tuned one given the same image path.
 
 MME, POPE, COCO and Flickr30k captions, COCO-C and Unicorn, each read from its release's layout and scored as its
 official code does; batched generation with the backbone's conversation template; one MLflow run per benchmark family
@@ -15,28 +16,34 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from sightbeyond.config import EvalMM, Params, Tuning
+from sightbeyond.config import EvalMM, Modality, Params, Tuning
 from sightbeyond.io import atomic_dir, check_writable, write_json
-from sightbeyond.layout import Cell
-from sightbeyond.model.llava import STOP_STRINGS, load_tuned, template_for, tuned_dir
-from sightbeyond.tasks import captions, corruptions, mme, pope, unicorn
+from sightbeyond.layout import Cell, split_dir
+from sightbeyond.model.llava import STOP_STRINGS, load_tuned, template_for, text_cell_with_vision, tuned_dir
+from sightbeyond.tasks import captions, corruptions, mme, pope, reliance, unicorn
 from sightbeyond.tracking.runs import logged_model, stage_run
 
 
 # Each benchmark family's module holds its reading (`read`: its data and images), its evaluation (`evaluate`: asks,
 # scores, logs its predictions) and the paths it reads (`inputs`); coco before coco_c, which compares with it.
+# `reliance` (image reliance on the cell's held-out records) is built per cell: `families`.
 FAMILIES = {"mme": mme, "pope": pope, "coco": captions.COCO, "flickr30k": captions.FLICKR30K, "coco_c": corruptions,
-            "unicorn": unicorn}
+            "unicorn": unicorn, "reliance": None}
 
 
-def load_benchmarks(cfg: EvalMM) -> dict:
+def families(params: Params, chat_template: str | None = None) -> dict:
+    return FAMILIES | {"reliance": reliance.Family(split_dir("image", params.data), params.hparams.stage2.max_length,
+                                                   params.prepare.seed, chat_template)}
+
+
+def load_benchmarks(cfg: EvalMM, found: dict = FAMILIES) -> dict:
     """Every selected benchmark, read and checked (layout, answers, images present) before a model loads."""
     data: dict = {}
     images: list[Path] = []
     read: dict[tuple[Path, ...], tuple] = {}  # families over the same files (coco, coco_c) read them once
     for family in cfg.benchmarks:
-        files = tuple(FAMILIES[family].inputs(cfg))
-        data[family], paths = read[files] = read.get(files) or FAMILIES[family].read(cfg)
+        files = tuple(found[family].inputs(cfg))
+        data[family], paths = read[files] = read.get(files) or found[family].read(cfg)
         images += paths
     missing = sorted({str(p) for p in images if not p.is_file()})
     if missing:
@@ -70,6 +77,30 @@ class Generator:
     def answer(self, text: str) -> str:
         return (text.split(self.stop)[0] if self.stop else text).strip()
 
+    def first_token(self, conversation: list[dict], answer: str) -> int:
+        """The token an assistant answer starts with after this template's generation prompt (" Yes" after v1's
+        "ASSISTANT:", "Yes" after ChatML's "assistant\n")."""
+        tokenizer, render = self.processor.tokenizer, self.processor.apply_chat_template
+        prompt = render(conversation, add_generation_prompt=True)
+        full = render(conversation + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}])
+        a, b = (tokenizer(t, add_special_tokens=False).input_ids for t in (prompt, full))
+        return b[next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))]
+
+    @torch.inference_mode()
+    def margins(self, conversations: list[list[dict]], images: list[Path], *, yes: str, no: str, desc: str) -> list[float]:
+        """logit(yes) - logit(no) at the first answer token of each conversation: a yes/no score whose ranking
+        (its AUC) does not depend on where a biased model puts its threshold."""
+        yes_id, no_id = (self.first_token(conversations[0], word) for word in (yes, no))
+        out = []
+        for i in tqdm(range(0, len(conversations), self.cfg.batch_size), desc=desc, unit="batch"):
+            batch = range(i, min(i + self.cfg.batch_size, len(conversations)))
+            prompts = [self.processor.apply_chat_template(conversations[j], add_generation_prompt=True) for j in batch]
+            inputs = self.processor(text=prompts, images=[load_image(images[j]) for j in batch], padding=True,
+                                    padding_side="left", return_tensors="pt", add_special_tokens=False).to(self.model.device)
+            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1].float()
+            out += (logits[:, yes_id] - logits[:, no_id]).tolist()
+        return out
+
     @torch.inference_mode()
     def __call__(self, conversations: list[list[dict]], images: list[Path], *, max_new_tokens: int, desc: str,
                  transforms: list[Callable[[Image.Image], Image.Image]] | None = None) -> list[str]:
@@ -91,18 +122,24 @@ class Generator:
         return [self.answer(a) for a in answers]
 
 
-def run(params: Params, tuning: Tuning) -> None:
-    cell = Cell.of(params, tuning, "image")
+def run(params: Params, tuning: Tuning, modality: Modality = "image") -> None:
+    """An image cell's model, or a text cell's LLM with the stage-1 projector it never trained with (its contrast:
+    `eval_mm.text_benchmarks`)."""
+    cell = Cell.of(params, tuning, modality)
     cfg = params.eval_mm
-    data = load_benchmarks(cfg)  # every benchmark file read and checked before the model loads
+    if modality == "text":
+        cfg = cfg.model_copy(update={"benchmarks": cfg.text_benchmarks})
+    data = load_benchmarks(cfg, families(params))  # every benchmark file read and checked before the model loads
     check_writable(cell.results("eval_mm").parent, cell.predictions("eval_mm").parent)
-    model, processor = load_tuned(params, tuning, "image")
+    model, processor = load_tuned(params, tuning, "image") if modality == "image" else text_cell_with_vision(params, tuning)
+    found = families(params, processor.chat_template)  # reliance: batched in the template the model was tuned in
     template = cfg.template or params.active.template
     if cfg.template is not None:  # asked in another template than the model was tuned in (the authors': v0)
         processor.chat_template = processor.tokenizer.chat_template = template_for(processor.tokenizer, cfg.template,
-                                                                                    params.image_start_end)
+                                                                                    params.image_start_end,
+                                                                                    params.active.document_start)
     ask = Generator(model, processor, cfg, template)
-    weights = tuned_dir(params, tuning, "image")
+    weights = tuned_dir(params, tuning, modality)
     model_id = logged_model(params, weights, name=cell.run_name("stage2"), model_type="stage2")
     metrics: dict[str, float] = {}
     # every family's prediction tables, as MLflow holds them, are also the stage's DVC output: a clone without that
@@ -110,10 +147,11 @@ def run(params: Params, tuning: Tuning) -> None:
     with atomic_dir(cell.predictions("eval_mm")) as out:
         for family in sorted(cfg.benchmarks, key=list(FAMILIES).index):
             with stage_run("eval_mm", params, name=f"{cell.run_name('eval_mm')}-{family}",
-                           tags={"tuning": tuning, "modality": "image", "model": cell.model, "family": family},
+                           tags={"tuning": tuning, "modality": modality, "model": cell.model, "family": family},
                            param_sections=("eval_mm",),
-                           inputs=[cell.stage2_dir, *FAMILIES[family].inputs(cfg)]) as run:
-                got = FAMILIES[family].evaluate(ask, data[family], cfg)
+                           inputs=[cell.stage2_dir, *([] if modality == "image" else [Cell.of(params).stage1_dir]),
+                                   *found[family].inputs(cfg)]) as run:
+                got = found[family].evaluate(ask, data[family], cfg)
                 if family == "coco_c":  # its drop is against the clean COCO CIDEr, which the coco family measured
                     got |= corruptions.relative_drop(got["coco_c/cider"], metrics["coco/cider"])
                 mlflow.log_metrics(got, model_id=model_id)

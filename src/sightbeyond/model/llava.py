@@ -78,11 +78,12 @@ def load_tokenizer(params: Params, template: str | None = None):
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    tokenizer.chat_template = template_for(tokenizer, template or params.active.template, params.image_start_end)
+    tokenizer.chat_template = template_for(tokenizer, template or params.active.template, params.image_start_end,
+                                           params.active.document_start)
     return tokenizer
 
 
-def template_for(tokenizer, name: str, image_start_end: bool) -> str:
+def template_for(tokenizer, name: str, image_start_end: bool, document_start: str | None = None) -> str:
     """The chat template `name` as this tokenizer renders it."""
     if name == "chatml" and not {"<|im_start|>", "<|im_end|>"} <= tokenizer.get_vocab().keys():
         raise ConfigError("template chatml needs <|im_start|> and <|im_end|> in the tokenizer's vocabulary; pick the "
@@ -90,8 +91,12 @@ def template_for(tokenizer, name: str, image_start_end: bool) -> str:
     text = chat_template(name, image_start_end)
     if not starts_with_bos(tokenizer):
         # LLaVA's templates open with the tokenizer's BOS, LLaMA's sequence start. A tokenizer that puts no BOS
-        # before text (SmolLM2: its "BOS" is ChatML's <|im_start|> turn marker) was pretrained without one.
-        text = "{%- set bos_token = '' -%}\n" + text
+        # before text (SmolLM2: its "BOS" is ChatML's <|im_start|> turn marker) was pretrained on documents that
+        # follow its `document_start` instead (SmolLM2's <|endoftext|>), or nothing. Without one, stage 1's image
+        # would be the sequence's first token, which LLMs use as an attention sink: SmolLM2's projector then grew
+        # its image tokens 10 times the text's norm and its caption loss stalled at 4-5 nats/token (with
+        # <|endoftext|> first: 1.45 after 60 steps).
+        text = "{%- set bos_token = " + repr(document_start or "") + " -%}\n" + text
     return text
 
 
@@ -125,9 +130,10 @@ def load_llm(params: Params, tokenizer) -> PreTrainedModel:
     return llm
 
 
-def build_llava(params: Params, tokenizer, projector_dir: Path | None = None) -> SightLlava:
-    """Assemble LLaVA from the backbone's LLM and CLIP (and a stage-1 projector, if given) without copying weights."""
-    llm = load_llm(params, tokenizer)
+def build_llava(params: Params, tokenizer, projector_dir: Path | None = None, llm: PreTrainedModel | None = None) -> SightLlava:
+    """Assemble LLaVA from the backbone's LLM (or `llm`) and CLIP (and a stage-1 projector, if given) without copying
+    weights."""
+    llm = llm if llm is not None else load_llm(params, tokenizer)
     vision = CLIPVisionModel.from_pretrained(resolve_backbone(params).vision, dtype=torch.float32)
     config = SightLlavaConfig(
         vision_config=vision.config,
@@ -222,6 +228,14 @@ def tuned_dir(params: Params, tuning: Tuning, modality: Modality) -> Path:
     """The stage-2 model the evaluations read: the best step's where stage2.best_metric chose one, else the last."""
     out = Cell.of(params, tuning, modality).stage2_dir
     return out / BEST if params.stage2.best_metric is not None and (out / BEST).is_dir() else out
+
+
+def text_cell_with_vision(params: Params, tuning: Tuning) -> tuple[SightLlava, LlavaProcessor]:
+    """A text-only-tuned LLM given the image path it never trained with (CLIP and the stage-1 projector): what the
+    image cells' multimodal scores are contrasted with."""
+    llm, _ = load_tuned(params, tuning, "text")
+    processor = load_processor(params)
+    return build_llava(params, processor.tokenizer, Cell.of(params).stage1_dir, llm=llm).eval(), processor
 
 
 def load_tuned(params: Params, tuning: Tuning, modality: Modality):

@@ -14,7 +14,7 @@ import mlflow
 from sightbeyond.config import Report
 from sightbeyond.io import atomic_dir
 from sightbeyond.layout import NONE, REPORTS
-from sightbeyond.report import compare, figures, tables
+from sightbeyond.report import compare, figures, reliance, tables
 from sightbeyond.report.reading import Results, latest
 from sightbeyond.report.stats import Bootstrap
 from sightbeyond.tracking.runs import flatten, stage_run
@@ -82,12 +82,18 @@ def write(cfg: Report, results: Results, experiment: str, out: Path) -> dict:
     (tabular / "ablation.md").write_text(f"### Every tuned LLM against its base LLM\n\n{_selection(cfg, experiment)}.\n\n"
                                      f"```\n{compare.render(ablation)}\n```\n")
 
+    relied = reliance.rows(results, boot, cfg.data)
+    _write_csv(tabular / "reliance.csv", relied)
+    (tabular / "reliance.md").write_text(reliance.markdown(relied, _selection(cfg, experiment)))
+
     plots, pngs = out / "plots", out / "figures"
     _write_csv(plots / "modality.csv", figures.modality(results, boot, cfg.data, pngs / "fig2_modality.png"))
     _write_csv(plots / "data_types.csv", figures.data_types(results, boot, pngs / "fig3_data_types.png"))
     for label, curve in figures.stepwise(results, pngs / "fig4_stepwise.png").items():
         _write_csv(plots / "stepwise" / f"{label.replace('/', '_')}.csv", curve)
     _write_csv(plots / "correlation.csv", figures.correlation(results, cfg.data, pngs / "fig5_correlation.png"))
+    for label, curve in reliance.figure(results, cfg.data, pngs / "fig6_reliance.png").items():
+        _write_csv(plots / "reliance" / f"{label.replace('/', '_').replace(' ', '_')}.csv", curve)
 
     headline = _headline([r for r in ablation if r["metric"] in HEADLINE])
     (out / "metrics.json").write_text(json.dumps(headline, indent=2, sort_keys=True) + "\n")
@@ -117,13 +123,18 @@ results, else the paired bootstrap.
 - `tables/values.csv`: every value of those tables on one line each, with intervals, tests, the paper's numbers and
   run ids.
 - `tables/ablation.md`/`.csv`: every tuned LLM (each tuning, modality and data) against its base LLM, all NLP metrics.
+- `tables/reliance.md`/`.csv`: whether each image cell reads its image (the held-out loss with another record's
+  image minus with the right one, after stage 1 and after stage 2, with intervals; POPE's yes/no AUC with the right
+  and another image), beside its image − text-only differences; a cell whose gap does not exclude 0 says so.
 - `figures/fig2_modality.png`: base, text-only-tuned and image-tuned LLMs on Ethics and TruthfulQA, with the
-  image minus text-only difference and its significance above each pair.
+  image minus text-only difference and its significance above each pair, and the image cell's reliance gap.
 - `figures/fig3_data_types.png`: image tuning on each type of instruction data (conversation, detail, reasoning,
   random subset) and on the full set, against the base LLM.
 - `figures/fig4_stepwise.png`: Ethics and TruthfulQA-mc1 measured during stage 2, per training run.
 - `figures/fig5_correlation.png`: each image-tuned model's multimodal score (MME perception, COCO CIDEr) against
   its LLM's NLP scores, with Pearson's r; the paper's models in grey with theirs.
+- `figures/fig6_reliance.png`: the reliance gap against the training step, in stage 1 and in each image cell of
+  stage 2.
 - `plots/`: the figures' data; `metrics.json`: the headline deltas (Table 1's metrics) of every tuned LLM.
 
 ## Cells read

@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from sightbeyond.report.reading import Cell, Results
+from sightbeyond.report.reliance import verdict
 from sightbeyond.report.stats import Bootstrap, stars
 from sightbeyond.report.tables import SPECS, paper_numbers, read_paper, scale
 
@@ -42,9 +43,10 @@ def _no_runs(fig: Figure, path: Path, what: str) -> None:
 
 
 def _bars(results: Results, boot: Bootstrap, groups: dict[str, dict[str, Cell]], series: list[str], *, figure: str,
-          title: str, path: Path, annotate: tuple[str, str] | None = None) -> list[dict]:
+          title: str, path: Path, annotate: tuple[str, str] | None = None, note=None) -> list[dict]:
     """A panel per metric of ALIGNMENT that some cell has: per group (x), a bar per series, with its interval; above
-    each group, where both ran, the paired difference between the two `annotate` series, with its stars."""
+    each group, where both ran, the paired difference between the two `annotate` series, with its stars, and
+    `note(cells)` under it."""
     ran = [cell for cells in groups.values() for cell in cells.values()]
     metrics = [m for m in ALIGNMENT if any(results.value(cell, m) is not None for cell in ran)]
     fig = Figure(figsize=(min(16.0, 6.0 + 0.4 * len(groups) * len(series)), 1.0 + 3.4 * max(1, len(metrics))),
@@ -82,8 +84,9 @@ def _bars(results: Results, boot: Bootstrap, groups: dict[str, dict[str, Cell]],
                 c = results.compare(a, b, metric, boot)
                 delta = k * (results.value(b, metric) - results.value(a, metric))
                 ax.text(g, 1.04 * top, f"{annotate[1]} − {annotate[0]}:\n{delta:+.1f}"
-                        f"{stars(c.p) if c else ' (CI n/a)'}", ha="center", va="bottom", fontsize=8)
-        ax.set_ylim(0, 1.25 * top)
+                        f"{stars(c.p) if c else ' (CI n/a)'}" + (f"\n{note(cells)}" if note else ""),
+                        ha="center", va="bottom", fontsize=8)
+        ax.set_ylim(0, (1.4 if note else 1.25) * top)
         ax.set_xticks(range(len(groups)), list(groups), rotation=20 if len(groups) > 4 else 0,
                       ha="right" if len(groups) > 4 else "center")
         ax.set_xlabel("backbone, tuning")
@@ -113,6 +116,7 @@ def modality(results: Results, boot: Bootstrap, data: str, path: Path) -> list[d
     groups = _ablation(results, {"text-only": ("text", data), "image": ("image", data)}, ("text-only",))
     return _bars(results, boot, groups, ["base", "text-only", "image"], figure="fig2_modality", path=path,
                  annotate=("text-only", "image"),
+                 note=lambda cells: verdict(results, cells["image"].backbone, cells["image"].tuning, data, boot)[0],
                  title=f"Figure 2: text-only vs image instruction tuning ({data} data); bars: 95% bootstrap CI")
 
 

@@ -196,8 +196,15 @@ def _sketch(rows: list[dict]) -> Docs:
     return _docs([f"{r['image']}:{r['question']}" for r in parsed], [r["parsed"] == r["label"].lower() for r in parsed])
 
 
+def _reliance(rows: list[dict], which: str) -> Docs:
+    """Per held-out record: its loss under one condition, or the gap (deranged minus right)."""
+    values = [r["loss_deranged"] - r["loss_right"] if which == "gap" else r[which] for r in rows]
+    return _docs([r["id"] for r in rows], values)
+
+
 # (metric, the prediction table it is read from (None: lm-eval's samples), reader)
 _READERS = (
+    (r"reliance/(gap|loss_right|loss_deranged|loss_blank)", "reliance.json", _reliance),
     (r"pope_(\w+)/acc", "pope_{}_predictions.json", _pope),
     (r"mme/(\w+)", "mme_predictions.json", _mme),
     (r"(coco|flickr30k)/cider", "{}_predictions.json", _captions),

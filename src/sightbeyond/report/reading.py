@@ -13,7 +13,7 @@ from sightbeyond.report import per_document as per_doc
 from sightbeyond.report.stats import (Bootstrap, Comparison, Contrast, Docs, Estimate, bootstrap, difference,
                                       paired_bootstrap)
 
-STAGES = ("stage2", "eval_nlp", "eval_mm")
+STAGES = ("stage1", "stage2", "eval_nlp", "eval_mm")
 # what an evaluation measured (nlp_stage.measured): two runs are paired only when they agree on every one
 MEASURED = ("eval_source", "eval_data", "eval_limit", "eval_dtype", "add_bos_token", "eval_holdout")
 
@@ -30,9 +30,14 @@ class Cell(layout.Cell):
     def base(cls, backbone: str) -> Cell:
         return cls(backbone)
 
+    @classmethod
+    def stage1(cls, backbone: str) -> Cell:
+        """A backbone's stage-1 run (its projector), which every image cell of the backbone starts from."""
+        return cls(backbone, stage="stage1")
+
     @property
     def label(self) -> str:
-        name = (f"{self.backbone}/base" if self.tuning == NONE
+        name = (f"{self.backbone}/{'stage1' if self.stage == 'stage1' else 'base'}" if self.tuning == NONE
                 else f"{self.backbone}/{self.tuning}-{self.modality}/{self.data}")
         return f"{name}@{self.run[:8]}" if self.run else name
 
@@ -58,6 +63,8 @@ class CellRuns:
 
 
 def cell_of(tags: dict[str, str]) -> Cell | None:
+    if tags.get("stage") == "stage1" and tags.get("backbone"):
+        return Cell.stage1(tags["backbone"])
     if tags.get("stage") not in STAGES or not all(tags.get(k) for k in ("backbone", "tuning", "modality", "data")):
         return None
     # the base LLM saw no tuning data, whatever `grid.data` said when it was evaluated
@@ -129,7 +136,7 @@ class Results:
         return cell
 
     def history(self, cell: Cell, metric: str) -> list[tuple[int, float]]:
-        """A metric logged at training steps (stage 2's step-wise evaluation), in step order."""
+        """A metric logged at training steps (stage 1's and 2's step-wise evaluations), in step order."""
         from mlflow import MlflowClient
 
         run_id = self.run_id(cell, metric)

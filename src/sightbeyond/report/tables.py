@@ -71,7 +71,9 @@ SPECS = {s.name: s for s in (
         Column("MME <sup>PS</sup>", ("mme/perception",)),
         Column("COCO", ("coco/cider",)),
         Column("Flickr30k", ("flickr30k/cider",)),
-        Column("POPE (R / A / P)", ("pope_random/acc", "pope_adversarial/acc", "pope_popular/acc"))), percent=False),
+        Column("POPE (R / A / P)", ("pope_random/acc", "pope_adversarial/acc", "pope_popular/acc")),
+        # not in the paper: whether the model reads its image at all (tables/reliance.md)
+        Column("Image reliance gap (nats/token)", ("reliance/gap",))), percent=False),
     Spec("table5", "table5_coco_corrupted.tsv",
          "Table 5: COCO captioning with corrupted images (COCO-C: delta in percent of clean COCO)", "eval_mm", (
              Column("COCO (CIDEr)", ("coco/cider",)),

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from sightbeyond.tasks.predictions import answers_in_order, qa_conversation
+from sightbeyond.tasks.reliance import derangement
 
 
 NO_WORDS = ("No", "not", "no")
@@ -85,17 +86,41 @@ def read(cfg) -> tuple[dict[str, list[dict]], list[Path]]:
     return splits, [row["path"] for rows in splits.values() for row in rows]
 
 
+def deranged_images(paths: list[Path], seed: int) -> list[Path]:
+    """Each question's image replaced by another image of the split (one fixed derangement of the images): every
+    question about an image is asked of the same other image."""
+    images = sorted(set(paths))
+    other = dict(zip(images, (images[j] for j in derangement(len(images), seed))))
+    return [other[p] for p in paths]
+
+
+def auc(labels: list[str], scores: list[float]) -> float:
+    """The probability that a present object scores above an absent one (ties half): ROC AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score([label == "yes" for label in labels], scores))
+
+
 def evaluate(ask, splits: dict[str, list[dict]], cfg) -> dict[str, float]:
+    """POPE's answers scored as its evaluate.py does, and the answer's first-token score logit(Yes) - logit(No), with
+    the right image and with another one: its AUC against the labels is the model's ranking of present over absent
+    objects, threshold aside; with the wrong image it falls to chance if, and only if, the model reads the image."""
     import mlflow
 
     metrics = {}
     for split, questions in splits.items():
-        answers = ask([qa_conversation(q["text"]) for q in questions], [q["path"] for q in questions],
-                      max_new_tokens=cfg.max_new_tokens, desc=f"POPE {split}")
+        conversations, paths = [qa_conversation(q["text"]) for q in questions], [q["path"] for q in questions]
+        answers = ask(conversations, paths, max_new_tokens=cfg.max_new_tokens, desc=f"POPE {split}")
         scores = score_pope(questions, [{"question_id": q["question_id"], "answer": a} for q, a in zip(questions, answers)])
+        labels = [q["label"] for q in questions]
+        right = ask.margins(conversations, paths, yes="Yes", no="No", desc=f"POPE {split} yes/no")
+        wrong = ask.margins(conversations, deranged_images(paths, cfg.seed), yes="Yes", no="No",
+                            desc=f"POPE {split} yes/no, another image")
+        scores |= {"auc": auc(labels, right), "auc_deranged": auc(labels, wrong)}
         metrics |= {f"pope_{split}/{k}": v for k, v in scores.items()}
         mlflow.log_table({"question_id": [q["question_id"] for q in questions], "image": [q["image"] for q in questions],
-                          "question": [q["text"] for q in questions], "label": [q["label"] for q in questions],
-                          "answer": answers, "parsed": [parse_answer(a) for a in answers]},
+                          "question": [q["text"] for q in questions], "label": labels,
+                          "answer": answers, "parsed": [parse_answer(a) for a in answers],
+                          "yes_minus_no": right, "yes_minus_no_deranged": wrong},
                          artifact_file=f"pope_{split}_predictions.json")
     return metrics

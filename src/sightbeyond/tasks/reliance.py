@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -99,3 +100,41 @@ def record_losses(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
     if (counts == 0).any():
         raise ValueError("a held-out record has no supervised token left (max_length cut it?)")
     return (nll.sum(1) / counts).tolist()
+
+
+HELDOUT = "heldout"  # the prepared sets' split that no training step sees (data/prepare.py writes it)
+
+
+@dataclass(frozen=True)
+class Family:
+    """The eval_mm stage's family (see mme.py) for image reliance, on the held-out records of the tuned model's
+    prepared set `split`, batched by TRL's collator as stage 2 batched them (`max_length`, the model's own
+    `chat_template`, whatever template the other benchmarks are asked in)."""
+
+    split: Path
+    max_length: int
+    seed: int
+    chat_template: str | None = None
+
+    def inputs(self, cfg) -> list[Path]:
+        return [self.split]
+
+    def read(self, cfg) -> tuple[list[dict], list[Path]]:
+        from datasets import load_from_disk
+
+        splits = load_from_disk(str(self.split), keep_in_memory=True)
+        if HELDOUT not in splits or len(splits[HELDOUT]) < 2:
+            raise FileNotFoundError(f"{self.split}: no held-out records to measure image reliance on (prepare.heldout "
+                                    "is 0 or 1); drop `reliance` from eval_mm.benchmarks or hold some out")
+        return list(splits[HELDOUT]), []  # its images are in the dataset
+
+    def evaluate(self, ask, rows: list[dict], cfg) -> dict[str, float]:
+        import mlflow
+        from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+        collator = DataCollatorForVisionLanguageModeling(ask.processor, max_length=self.max_length,
+                                                         assistant_only_loss=True, chat_template=self.chat_template)
+        result = RelianceProbe(rows, collator, ask.processor.image_processor, batch_size=cfg.batch_size,
+                               seed=self.seed).run(ask.model)
+        mlflow.log_table(result.table(), artifact_file="reliance.json")
+        return result.metrics()
