@@ -2,10 +2,15 @@
 
     .venv/bin/python benchmarks/train_throughput.py --backbone-shape llama2-7b --mode lora ft --grad-checkpointing
     .venv/bin/python benchmarks/train_throughput.py --backbone-shape tiny --seq-len 512 --steps 5 --warmup 2   # CPU smoke
+    .venv/bin/python benchmarks/train_throughput.py --backbone-shape smollm2 --batch-size 8 --seq-len 384 --steps 3 --warmup 1
+        # on a CPU: fp32 against bf16 autocast, side by side, with the ratio
 
 The model is `SightLlava` (CLIP ViT-L/14 at 224 px -> 256 image tokens from the second-to-last layer, `linear`
-projector, LLaMA-family LLM) built from configs written here, straight on the device (bf16 on a GPU, fp32 on CPU):
-nothing is downloaded.
+projector, LLaMA-family LLM; `smollm2`: SmolLM2-135M's shape with the embedded ShapesWorld CLIP, 4 image tokens) built
+from configs written here, straight on the device: nothing is downloaded. Precision (`--precision`): `bf16` (pure
+bf16 weights, below; the GPU default), `fp32`, or `bf16-autocast` (fp32 weights and optimizer, matmuls under bf16
+autocast: the Trainer's `bf16=True`, what stage 1 and 2 run on a CPU with AVX512-BF16/AMX); on a CPU the default runs
+`fp32` and `bf16-autocast` one after the other on the same batch and prints their ratio.
 A step is forward + backward + fused AdamW step on one fixed batch (data loading is not what is measured) of
 `[BOS, 256 x <image>, text]` sequences of `--seq-len` tokens; BOS, image and the first quarter of the text (the
 "instruction") are masked from the loss, as stage 2 does. `ft`: LLM + projector train, CLIP frozen. `lora`: PEFT
@@ -51,25 +56,29 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig  # noqa: E40
 from sightbeyond.model.llava import SightLlava  # noqa: E402
 from sightbeyond.training.stage2 import LLM_LINEAR  # noqa: E402
 
-# (hidden, layers, heads, intermediate, vocab); +1 vocab row below for <image>, as build_llava's resize gives
-LLMS = {"llama2-7b": (4096, 32, 32, 11008, 32000), "vicuna-13b": (5120, 40, 40, 13824, 32000), "tiny": (128, 2, 4, 352, 1024)}
-# (hidden, layers, heads, intermediate, patch, image size)
-CLIPS = {"vit-l/14": (1024, 24, 16, 4096, 14, 224), "tiny": (64, 2, 4, 256, 14, 224)}
+# (hidden, layers, heads, key/value heads, intermediate, vocab, tied embeddings, CLIP); +1 vocab row below for <image>,
+# as build_llava's resize gives
+LLMS = {"llama2-7b": (4096, 32, 32, 32, 11008, 32000, False, "vit-l/14"),
+        "vicuna-13b": (5120, 40, 40, 40, 13824, 32000, False, "vit-l/14"),
+        "smollm2": (576, 30, 9, 3, 1536, 49152, True, "shapesworld"),
+        "tiny": (128, 2, 4, 4, 352, 1024, False, "tiny")}
+# (hidden, layers, heads, intermediate, patch, image size); shapesworld: the embedded default's CLIP
+CLIPS = {"vit-l/14": (1024, 24, 16, 4096, 14, 224), "tiny": (64, 2, 4, 256, 14, 224), "shapesworld": (96, 4, 4, 256, 32, 64)}
 # dense bf16 TFLOP/s by a substring of torch.cuda.get_device_name(); the first match wins, so variants come first
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200 NVL", 835.0), ("H200", 989.0),
                ("A100", 312.0), ("L40S", 362.0)]
 
 
 def build(shape: str, layers: int | None, device: torch.device, dtype: torch.dtype, attn: str) -> SightLlava:
-    h, n_layers, heads, inter, vocab = LLMS[shape]
-    vh, vl, vheads, vinter, patch, size = CLIPS["tiny" if shape == "tiny" else "vit-l/14"]
+    h, n_layers, heads, kv_heads, inter, vocab, tied, clip = LLMS[shape]
+    vh, vl, vheads, vinter, patch, size = CLIPS[clip]
     text = LlamaConfig(hidden_size=h, num_hidden_layers=layers or n_layers, num_attention_heads=heads,
-                       num_key_value_heads=heads, intermediate_size=inter, vocab_size=vocab + 1,
-                       max_position_embeddings=4096, rms_norm_eps=1e-5, use_cache=False)
+                       num_key_value_heads=kv_heads, intermediate_size=inter, vocab_size=vocab + 1,
+                       max_position_embeddings=4096, rms_norm_eps=1e-5, use_cache=False, tie_word_embeddings=tied)
     vision = CLIPVisionConfig(hidden_size=vh, num_hidden_layers=vl, num_attention_heads=vheads, intermediate_size=vinter,
                               patch_size=patch, image_size=size, hidden_act="quick_gelu", projection_dim=768)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=vocab, vision_feature_layer=-2,
-                         vision_feature_select_strategy="default", projector_type="linear")
+                         vision_feature_select_strategy="default", projector_type="linear", tie_word_embeddings=tied)
     with torch.device(device):  # materialised where it runs: a 7B never passes through host memory
         return SightLlava._from_config(config, dtype=dtype, attn_implementation=attn)
 
@@ -82,9 +91,9 @@ def flops_per_step(model: SightLlava, mode: str, batch: int, seq: int, rank: int
     """On the model before PEFT wraps it (its copies of the projector and LoRA's own linears would be counted)."""
     tc, vc = model.config.text_config, model.config.vision_config
     llm_linears = [m for m in model.model.language_model.modules() if isinstance(m, torch.nn.Linear)]
-    n_llm = sum(m.weight.numel() for m in llm_linears) + model.lm_head.weight.numel()
+    n_llm = sum(m.weight.numel() for m in llm_linears) + model.lm_head.weight.numel()  # a tied lm_head is a matmul too
     n_lora = sum(rank * (m.in_features + m.out_features) for m in llm_linears)  # every decoder linear is a target
-    attn = 12 * tc.num_hidden_layers * tc.hidden_size * seq
+    attn = 12 * tc.num_hidden_layers * tc.num_attention_heads * tc.head_dim * seq
     llm = (6 * n_llm if mode == "ft" else 4 * n_llm + 6 * n_lora) + attn
     n_img = (vc.image_size // vc.patch_size) ** 2
     used = vc.num_hidden_layers + 1 + model.config.vision_feature_layer  # -2 -> 23 of 24 layers feed the projector
@@ -108,7 +117,9 @@ def make_batch(model: SightLlava, batch: int, seq: int, device: torch.device, dt
     return {"input_ids": ids.to(device), "labels": labels.to(device), "pixel_values": pixels.to(device, dtype)}
 
 
-def run_mode(args, mode: str, device: torch.device, dtype: torch.dtype, attn: str, peak: float | None) -> dict:
+def run_mode(args, mode: str, device: torch.device, precision: str, attn: str, peak: float | None) -> dict:
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # the weights'
+    compute = torch.float32 if precision == "fp32" else torch.bfloat16  # the matmuls'
     model = build(args.backbone_shape, args.layers, device, dtype, attn)
     model.model.vision_tower.requires_grad_(False)
     flops = flops_per_step(model, mode, args.batch_size, args.seq_len, rank=64)
@@ -124,11 +135,11 @@ def run_mode(args, mode: str, device: torch.device, dtype: torch.dtype, attn: st
     model.train()
     base = model.get_base_model() if mode == "lora" else model
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0, fused=True)
+    opt = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0, fused=device.type == "cuda")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):  # as the Trainer's bf16=True
+        with torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32):  # as the Trainer's bf16=True
             loss = model(**batch).loss
         loss.backward()
         opt.step()
@@ -146,7 +157,7 @@ def run_mode(args, mode: str, device: torch.device, dtype: torch.dtype, attn: st
     sync()
     dt = (time.perf_counter() - t0) / args.steps
     row = {"mode": mode, "shape": args.backbone_shape, "llm_layers": base.config.text_config.num_hidden_layers,
-           "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype).split(".")[-1],
+           "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "precision": precision,
            "attn": attn, "seq_len": args.seq_len, "batch": args.batch_size, "grad_ckpt": args.grad_checkpointing,
            "trainable_params": sum(p.numel() for p in params), "step_s": dt, "tokens_per_s": args.batch_size * args.seq_len / dt,
            "tflops_per_step": flops / 1e12, "achieved_tflops": flops / dt / 1e12, "mfu": flops / dt / (peak * 1e12) if peak else None,
@@ -166,11 +177,13 @@ def main() -> None:
     p.add_argument("--layers", type=int, help="LLM depth (per-layer shapes unchanged), for shapes that do not fit")
     p.add_argument("--attn", choices=["auto", "sdpa", "flash_attention_2", "eager"], default="auto")
     p.add_argument("--peak-tflops", type=float, help="device peak dense bf16 TFLOP/s; default: looked up by GPU name")
+    p.add_argument("--precision", nargs="+", choices=["bf16", "fp32", "bf16-autocast"],
+                   help="default: bf16 on a GPU; fp32 and bf16-autocast, side by side, on a CPU")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPU bf16 matmuls are slower, not faster
+    precisions = args.precision or (["bf16"] if device.type == "cuda" else ["fp32", "bf16-autocast"])
     attn = args.attn if args.attn != "auto" else (
         "flash_attention_2" if device.type == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa")
     peak = args.peak_tflops
@@ -179,20 +192,23 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     for mode in args.mode:
-        rows.append(run_mode(args, mode, device, dtype, attn, peak))
-        gc.collect()  # the previous mode's model and optimizer states must be gone before the next one is built
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        for precision in precisions:  # one after the other on the same batch: the ratio is measured side by side
+            rows.append(run_mode(args, mode, device, precision, attn, peak))
+            gc.collect()  # the previous run's model and optimizer states must be gone before the next one is built
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
-    print(f"\n{rows[0]['device']}  {dtype}  attn={attn}  peak={peak or 'unknown'} TFLOP/s  "
+    print(f"\n{rows[0]['device']}  attn={attn}  peak={peak or 'unknown'} TFLOP/s  "
           f"seq={args.seq_len} batch={args.batch_size} grad_ckpt={args.grad_checkpointing}")
-    print(f"{'mode':<5} {'shape':<11} {'layers':>6} {'step s':>8} {'tokens/s':>10} {'TFLOP/step':>10} "
-          f"{'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>8} {'trainable':>13}")
+    print(f"{'mode':<5} {'precision':<13} {'shape':<11} {'layers':>6} {'step s':>8} {'tokens/s':>10} {'vs first':>8} "
+          f"{'TFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>8} {'trainable':>13}")
     for r in rows:
+        first = next(f for f in rows if f["mode"] == r["mode"])
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "n/a"
-        print(f"{r['mode']:<5} {r['shape']:<11} {r['llm_layers']:>6} {r['step_s']:>8.3f} {r['tokens_per_s']:>10.0f} "
-              f"{r['tflops_per_step']:>10.4g} {r['achieved_tflops']:>8.4g} {mfu:>6} {mem:>8} {r['trainable_params']:>13,}")
+        print(f"{r['mode']:<5} {r['precision']:<13} {r['shape']:<11} {r['llm_layers']:>6} {r['step_s']:>8.3f} "
+              f"{r['tokens_per_s']:>10.0f} {r['tokens_per_s'] / first['tokens_per_s']:>7.2f}x {r['tflops_per_step']:>10.4g} "
+              f"{r['achieved_tflops']:>8.4g} {mfu:>6} {mem:>8} {r['trainable_params']:>13,}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

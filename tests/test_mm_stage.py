@@ -123,7 +123,8 @@ def test_eval_mm_logs_every_family(params_for, mlflow_store, tmp_path, monkeypat
 
 def test_decoding_follows_the_params(params_for, tmp_path):
     """Greedy by default; the authors' sampling (top-k 50, temperature 0.2, one beam, seeded per call) on request;
-    with their v0 template an answer ends at v0's '###'."""
+    in their prompt (LLaVA's conv_vicuna_v0, its built-in example exchange before the question) an answer ends at
+    '###'."""
     from PIL import Image
 
     from sightbeyond.evaluation.mm_stage import Generator
@@ -137,8 +138,14 @@ def test_decoding_follows_the_params(params_for, tmp_path):
     assert (kwargs["do_sample"], kwargs["num_beams"], kwargs["max_new_tokens"], kwargs["temperature"]) == (False, 1, 7, None)
     assert "stop_strings" not in kwargs
 
-    authors = params_for(**{"eval_mm.do_sample": True, "eval_mm.template": "v0"})
-    ask = Generator(model, load_processor(authors, "v0"), authors.eval_mm, "v0")
+    authors = params_for(**{"eval_mm.do_sample": True, "eval_mm.template": "conv_vicuna_v0"})
+    ask = Generator(model, load_processor(authors, "conv_vicuna_v0"), authors.eval_mm, "conv_vicuna_v0")
+    prompt = ask.processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there a star?"}]}],
+        add_generation_prompt=True)
+    assert "###Human: What are the key differences between renewable and non-renewable energy sources?###Assistant: " \
+           "Renewable energy sources" in prompt
+    assert prompt.endswith("economic and social instability.\n###Human: <image>\nIs there a star?###Assistant:")
     kwargs = ask.generation_kwargs(7)
     assert (kwargs["do_sample"], kwargs["top_k"], kwargs["temperature"], kwargs["num_beams"]) == (True, 50, 0.2, 1)
     assert kwargs["stop_strings"] == ["###"] and ask.answer(" Yes, there is.\n###") == "Yes, there is."

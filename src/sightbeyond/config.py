@@ -21,6 +21,9 @@ Tuning = Literal["lora", "ft"]
 Modality = Literal["image", "text"]
 InstructData = Literal["full", "conversation", "detail", "reasoning", "random20k"]
 Template = Literal["plain", "v0", "v1", "llama_2", "chatml"]
+# the prompts eval_mm asks in: a training template, or the authors' evaluation prompt (conv_vicuna_v0: v0 with LLaVA's
+# built-in example exchange, as get_model_output.py copies it)
+EvalTemplate = Literal["plain", "v0", "v1", "llama_2", "chatml", "conv_vicuna_v0"]
 MMBenchmark = Literal["mme", "pope", "coco", "flickr30k", "coco_c", "unicorn", "reliance"]
 
 
@@ -189,6 +192,8 @@ class TrainingArgs(Strict):
                                             # 2), TruthfulQA-mc1 / ETHICS (stage 2, Figure 4)
     bf16: bool | None = None                # bf16 autocast in training and step-wise evaluation; null: where the
                                             # hardware has bf16 arithmetic (CUDA, or a CPU with AVX512-BF16 / AMX)
+    reliance_limit: PositiveInt | None = None  # held-out records the step-wise reliance scores (the first ones; null:
+                                            # all of prepare.heldout; eval_mm always scores all)
 
     @model_validator(mode="after")
     def _divides(self):  # on one process; grad_accum checks again for the launch's number of processes
@@ -207,7 +212,7 @@ class TrainingArgs(Strict):
     def sft_fields(self) -> dict:
         """The fields SFTConfig takes as they are."""
         return self.model_dump(exclude={"global_batch_size", "learning_rate", "lora", "mm_projector_lr", "eval_steps",
-                                        "stepwise_limit", "max_steps", "bf16"})
+                                        "stepwise_limit", "max_steps", "bf16", "reliance_limit"})
 
 
 class Stage1Hparams(TrainingArgs):
@@ -303,7 +308,7 @@ class EvalMM(Strict):
     temperature: PositiveFloat
     num_beams: PositiveInt
     seed: int
-    template: Template | None        # the conversation template asked in; null: the model's own (stage 2's)
+    template: EvalTemplate | None    # the conversation template asked in; null: the model's own (stage 2's)
 
     @field_validator("mme_exclude")
     @classmethod
@@ -431,7 +436,7 @@ class Params(Strict):
             f"image tokens: {image_tokens if image_tokens is not None else 'unknown'} per image{wrapped}; projector "
             f"{self.model.projector}, vision layer {self.model.vision_feature_layer}",
             f"evaluation dtype {nlp.dtype}, add_bos_token {nlp.add_bos_token if nlp.add_bos_token is not None else 'the tokenizer default'}",
-            f"decoding: {decoding}; template {mm.template or 'the model' + chr(39) + 's own (the authors: v0)'}; captions: at most "
+            f"decoding: {decoding}; template {mm.template or 'the model' + chr(39) + 's own (the authors: conv_vicuna_v0)'}; captions: at most "
             f"{mm.caption_max_new_tokens} new tokens, other answers {mm.max_new_tokens}",
         ])
 

@@ -134,7 +134,7 @@ def run(params: Params, tuning: Tuning, modality: Modality = "image") -> None:
     model, processor = load_tuned(params, tuning, "image") if modality == "image" else text_cell_with_vision(params, tuning)
     found = families(params, processor.chat_template)  # reliance: batched in the template the model was tuned in
     template = cfg.template or params.active.template
-    if cfg.template is not None:  # asked in another template than the model was tuned in (the authors': v0)
+    if cfg.template is not None:  # asked in another template than the model was tuned in (the authors': conv_vicuna_v0)
         processor.chat_template = processor.tokenizer.chat_template = template_for(processor.tokenizer, cfg.template,
                                                                                     params.image_start_end,
                                                                                     params.active.document_start)

@@ -31,7 +31,7 @@ from sightbeyond.model.weights import resolve_backbone, resolve_llm
 
 PROJECTOR_FILE = "projector.safetensors"
 # where a template's answer ends when it is not the EOS token: LLaVA's conv_v0 separates rounds with "###"
-STOP_STRINGS = {"v0": "###"}
+STOP_STRINGS = {"v0": "###", "conv_vicuna_v0": "###"}
 IMAGE_ROWS_FILE = "image_token_rows.safetensors"  # stage 1's rows of <im_start> and <im_end>
 
 

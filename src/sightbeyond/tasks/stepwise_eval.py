@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from lm_eval.models.huggingface import HFLM
+from tqdm import tqdm
 
 from sightbeyond.tasks.nlp import metrics_from_results, quiet, reseed_fewshot
 
@@ -94,8 +95,10 @@ class SharedPrefixScorer:
         device = model.device
         scores: dict[int, tuple[float, bool]] = {}
         numbered = itertools.count()  # chunks numbered across clusters, in order
-        for cluster in self.clusters:
-            mine = [chunk for chunk in cluster.chunks if next(numbered) % world_size == rank]
+        mine_of = [[chunk for chunk in cluster.chunks if next(numbered) % world_size == rank] for cluster in self.clusters]
+        bar = tqdm(total=sum(len(chunk.requests) for mine in mine_of for chunk in mine), unit=" requests",
+                   desc="loglikelihood (shared prefixes)", mininterval=2, disable=rank != 0)
+        for cluster, mine in zip(self.clusters, mine_of):
             if not mine:
                 continue
             shared, prefix_length = None, 0
@@ -123,6 +126,8 @@ class SharedPrefixScorer:
                 logprob = logprob.to(token_logprobs.dtype)
                 missed = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, request, misses)
                 scores.update((r, (lp, m == 0)) for r, lp, m in zip(chunk.requests, logprob.tolist(), missed.tolist()))
+                bar.update(len(chunk.requests))
+        bar.close()
         return scores
 
 

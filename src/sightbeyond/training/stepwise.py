@@ -144,7 +144,8 @@ class RelianceCallback(TrainerCallback):
     @classmethod
     def for_trainer(cls, trainer, heldout, hparams: Stage1Hparams | Stage2Hparams, seed: int, resume: Resume):
         """On the held-out records, every `eval_steps`, batched by the trainer's own collator, in its precision."""
-        probe = RelianceProbe(list(heldout), trainer.data_collator, trainer.processing_class.image_processor,
+        rows = list(heldout)[:hparams.reliance_limit]
+        probe = RelianceProbe(rows, trainer.data_collator, trainer.processing_class.image_processor,
                               batch_size=hparams.per_device_train_batch_size, seed=seed)
         return cls(probe, every=hparams.eval_steps, autocast_dtype=autocast_dtype(trainer.args),
                    logged_through=resume.logged_through((PREFIX,)))
