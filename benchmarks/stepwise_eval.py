@@ -17,7 +17,9 @@ every eval step); the evaluator's one-off preparation (rendering and tokenising 
 The overall ratio is over the default step-wise set (ETHICS and TruthfulQA-mc1) evaluated together, as training does.
 A document's prediction agrees when both pick the same choice, flag the same choices greedy, and give the same
 metric values (within 1e-4: TruthfulQA-mc2's is a probability mass). Also printed: the largest difference between
-the two log-likelihoods of any choice.
+the two log-likelihoods of any choice. Then, where the hardware has bf16 (training's precision for the step-wise
+evaluation: CUDA, or a CPU with AVX512-BF16/AMX), the evaluator under bf16 autocast against itself in fp32 on the
+same documents: the time ratio, and how many predictions agree and how far the task scores move.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from sightbeyond.config import load_params
 from sightbeyond.embedded.nlp_fixtures import write_nlp_fixtures
 from sightbeyond.tasks.nlp import evaluate_loaded, fixed_subsample, load_tasks, quiet
 from sightbeyond.tasks.stepwise_eval import StepwiseEvaluator
+from sightbeyond.training.common import has_bf16
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # the `local` source reads its *.sample.csv files
 DEFAULT_SET = load_params(Path(__file__).resolve().parents[1] / "params.yaml").stage2.stepwise_tasks
@@ -108,6 +111,13 @@ def agreement(fast, reference) -> tuple[int, int, float]:
     return agree, total, worst
 
 
+def same_predictions(a, b) -> tuple[int, int]:
+    """Documents whose chosen answer (the highest log-likelihood) is the same in two evaluator results."""
+    pairs = [(x, y) for task in b.docs for x, y in zip(a.docs[task], b.docs[task], strict=True)]
+    pick = lambda d: max(range(len(d.loglikelihoods)), key=d.loglikelihoods.__getitem__)  # noqa: E731
+    return sum(pick(x) == pick(y) for x, y in pairs), len(pairs)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["truthfulqa_mc1", "truthfulqa_mc2", *DEFAULT_SET[1:]],
@@ -142,7 +152,7 @@ def main() -> None:
               f"{'max |d ll|':>12}{'setup (s)':>11}")
         with quiet():
             hflm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size)
-        everything_agrees = True
+        everything_agrees, bf16_rows = True, []
         rows = [(name, [name]) for name in args.tasks] + [("default step-wise set", list(DEFAULT_SET))]
         for label, names in rows:
             tasks = load_tasks(names, "local", root)
@@ -157,7 +167,19 @@ def main() -> None:
             everything_agrees &= agree == total
             print(f"{label:<24}{total:>6}{t_hflm:>10.2f}{t_fast:>15.2f}{t_hflm / t_fast:>7.1f}x"
                   f"{f'{agree}/{total}':>14}{worst:>12.1e}{setup:>11.2f}")
+            if has_bf16():
+                def bf16():
+                    with torch.autocast(device.type, dtype=torch.bfloat16):
+                        return evaluator.run()
+                t_bf16, low = best_time(bf16, args.repeats)
+                bf16_rows.append((label, t_fast, t_bf16, *same_predictions(low, fast),
+                                  max(abs(low.metrics[m] - fast.metrics[m]) for m in fast.metrics)))
         print(f"every per-document prediction agrees: {'yes' if everything_agrees else 'NO'}")
+        if bf16_rows:
+            print(f"\nstep-wise evaluator, bf16 autocast against fp32 (same documents)\n{'task':<24}{'fp32 (s)':>10}"
+                  f"{'bf16 (s)':>10}{'speed-up':>10}{'same choice':>14}{'max |d metric|':>16}")
+            for label, t32, t16, same, total, moved in bf16_rows:
+                print(f"{label:<24}{t32:>10.2f}{t16:>10.2f}{t32 / t16:>9.1f}x{f'{same}/{total}':>14}{moved:>16.4f}")
 
 
 if __name__ == "__main__":

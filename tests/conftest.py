@@ -113,7 +113,7 @@ SMALL = {"synth": {"stage1_pairs": 64, "conversation": 24, "detail": 8, "complex
                    "nlp_fixture_rows": 8, "mme_images": 1, "caption_images": 3, "unicorn_images": 4},
          "tiny_backbone": {"llm_pretrain": {"steps": 10}, "clip_pretrain": {"steps": 10}},
          "presets": {"tiny": {"stage1": {"max_steps": 1}, "stage2": {"max_steps": 2, "eval_steps": 1}}},
-         "subsets": {"size": 8}}
+         "subsets": {"size": 8}, "prepare": {"heldout": 8}}
 
 
 def shrink(clone: Path, commit: bool = False) -> None:

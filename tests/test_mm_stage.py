@@ -78,6 +78,7 @@ def test_eval_mm_logs_every_family(params_for, mlflow_store, tmp_path, monkeypat
     import mlflow
     from transformers import AutoProcessor
 
+    from sightbeyond.data.prepare import save
     from sightbeyond.evaluation import mm_stage
     from sightbeyond.model.llava import build_llava, load_processor
     from sightbeyond.layout import Cell
@@ -92,10 +93,15 @@ def test_eval_mm_logs_every_family(params_for, mlflow_store, tmp_path, monkeypat
         "synth.mme_images": 1, "synth.caption_images": 3, "synth.unicorn_images": 2})
     write_mm_benchmarks(params.synth, data)
     (data / "pope").mkdir()
-    (data / "pope/coco_pope_random.json").write_text(  # a COCO test image of the captions serves POPE's two questions
-        "".join(json.dumps({"question_id": i, "image": "COCO_val2014_000000800000.jpg", "text": "Is there a star?",
-                            "label": label}) + "\n" for i, label in enumerate(["yes", "no"], 1)))
+    (data / "pope/coco_pope_random.json").write_text(  # COCO test images of the captions serve POPE's questions
+        "".join(json.dumps({"question_id": i, "image": f"COCO_val2014_00000080000{i % 2}.jpg", "text": "Is there a star?",
+                            "label": label}) + "\n" for i, label in enumerate(["yes", "no", "no", "yes"], 1)))
     monkeypatch.chdir(tmp_path)
+    rows = [{"id": str(i), "images": [str(data / f"coco/val2014/COCO_val2014_00000080000{i % 3}.jpg")], "messages": [
+        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Is there a star?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "No, there is no star in the image."}]}]}
+        for i in range(6)]
+    save(lambda: iter(rows), tmp_path / "data/prepared/full/image", with_image=True, heldout=3)  # the reliance family's
     monkeypatch.setenv("SIGHTBEYOND_ROOT", str(tmp_path))
     processor = load_processor(params)
     model = build_llava(params, processor.tokenizer)
@@ -107,14 +113,15 @@ def test_eval_mm_logs_every_family(params_for, mlflow_store, tmp_path, monkeypat
     mm_stage.run(params, "ft")
 
     runs = mlflow.search_runs(experiment_names=[params.tracking.experiment], filter_string="tags.stage = 'eval_mm'")
-    assert sorted(runs["tags.family"]) == sorted(["mme", "pope", "coco", "flickr30k", "coco_c", "unicorn"])
+    assert sorted(runs["tags.family"]) == sorted(["mme", "pope", "coco", "flickr30k", "coco_c", "unicorn", "reliance"])
     assert (runs.status == "FINISHED").all()
     coco_c = runs[runs["tags.family"] == "coco_c"].iloc[0]
     cells = [f"metrics.coco_c/{c}_{s}/cider" for c in ("gaussian_noise", "defocus_blur", "contrast", "brightness")
              for s in (1, 3, 5)]
     assert all(coco_c[c] >= 0 for c in cells)
     results = json.loads((tmp_path / "results/eval_mm/tiny-full-ft-image.json").read_text())
-    for key in ["mme/perception", "mme/cognition", "mme/existence", "pope_random/acc", "coco/cider", "flickr30k/cider",
+    for key in ["mme/perception", "mme/cognition", "mme/existence", "pope_random/acc", "pope_random/auc",
+                "pope_random/auc_deranged", "reliance/gap", "reliance/loss_blank", "coco/cider", "flickr30k/cider",
                 "coco_c/cider", "unicorn_oodcv/acc", "unicorn_sketch/acc", *(c.removeprefix("metrics.") for c in cells)]:
         assert key in results
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(coco_c.run_id)}

@@ -114,9 +114,12 @@ def evaluate(ask, splits: dict[str, list[dict]], cfg) -> dict[str, float]:
         scores = score_pope(questions, [{"question_id": q["question_id"], "answer": a} for q, a in zip(questions, answers)])
         labels = [q["label"] for q in questions]
         right = ask.margins(conversations, paths, yes="Yes", no="No", desc=f"POPE {split} yes/no")
-        wrong = ask.margins(conversations, deranged_images(paths, cfg.seed), yes="Yes", no="No",
-                            desc=f"POPE {split} yes/no, another image")
-        scores |= {"auc": auc(labels, right), "auc_deranged": auc(labels, wrong)}
+        scores["auc"] = auc(labels, right)
+        wrong = [None] * len(questions)
+        if len(set(paths)) > 1:  # one image has no other to be swapped with
+            wrong = ask.margins(conversations, deranged_images(paths, cfg.seed), yes="Yes", no="No",
+                                desc=f"POPE {split} yes/no, another image")
+            scores["auc_deranged"] = auc(labels, wrong)
         metrics |= {f"pope_{split}/{k}": v for k, v in scores.items()}
         mlflow.log_table({"question_id": [q["question_id"] for q in questions], "image": [q["image"] for q in questions],
                           "question": [q["text"] for q in questions], "label": labels,

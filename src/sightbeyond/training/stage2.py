@@ -44,10 +44,8 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     # Training arguments: the libraries' own config objects, built (and so checked) before the model loads
     check_launch(hparams, f"presets.{params.preset_name}.stage2", stepwise=bool(cfg.stepwise_tasks))
     work = cell.trainer_dir("stage2")
-    # text cells: TRL's padding-free batches, one flat sequence per batch (its vision collator has none); transformers
-    # keeps the records apart by their restarting position ids, flash attention or SDPA alike
     args = sft_config(work, hparams, learning_rate=getattr(hparams.learning_rate, tuning), save_steps=cfg.save_steps,
-                      where=f"presets.{params.preset_name}.stage2", padding_free=modality == "text")
+                      where=f"presets.{params.preset_name}.stage2")
     peft_config = lora_config(params, modality) if tuning == "lora" else None
     processing = load_processor(params) if modality == "image" else load_tokenizer(params)
     tokenizer = getattr(processing, "tokenizer", processing)
