@@ -255,3 +255,44 @@ def test_a_held_out_share_chooses_the_step_and_no_reported_score_reads_it(model_
         assert held and not held & set(reported[task]) and len(held) + len(reported[task]) == 8
         assert set(callback.samples[task]) == set(range(8))  # both shares are scored, then told apart
     assert reported["truthfulqa_mc2"] == reported["truthfulqa_mc1"]  # the same questions, the same share held out
+
+
+
+def test_documents_that_open_alike_share_their_tokens(model_and_tokenizer, tmp_path):
+    """ETHICS deontology puts four excuses under one scenario: documents share rows, with HFLM's results."""
+    model, tokenizer = model_and_tokenizer
+    write_nlp_fixtures(tmp_path, n_truthfulqa=3, n_ethics=12)
+    tasks = load_tasks(["ethics_deontology"], "fixture", tmp_path)
+    evaluator = StepwiseEvaluator(model, tokenizer, tasks, batch_size=4)
+    assert_same_documents(evaluator.run(), evaluate_loaded(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4),
+                                                           tasks, log_samples=True))
+    rows = sum(chunk.input_ids.shape[0] for cluster in evaluator.scorer.clusters for chunk in cluster.chunks)
+    assert rows < 12
+
+
+def test_a_row_holds_each_shared_token_once_and_scores_as_separate_rows(model_and_tokenizer):
+    """Four contexts: a common opening (the cluster's cached prefix), two scenarios of ten tokens, two excuses each;
+    continuations of one and two tokens. Each scenario's row holds it once, and every request scores as its own
+    full forward pass does."""
+    from sightbeyond.tasks.stepwise_eval import SharedPrefixScorer
+
+    model, _ = model_and_tokenizer
+    opening, scenarios, excuses = list(range(10, 20)), [list(range(30, 40)), list(range(50, 60))], [[70, 71], [72], [73, 74, 75], [76]]
+    contexts = [opening + scenarios[i // 2] + excuses[i] for i in range(4)]
+    continuations = [[5], [6, 7]]
+    requests = [(tuple((context + continuation)[:-1]), continuation) for context in contexts for continuation in continuations]
+    scorer = SharedPrefixScorer(requests, batch_size=2)
+    [cluster] = scorer.clusters
+    assert cluster.prefix.tolist() == [opening]
+    [chunk] = cluster.chunks
+    # per row: the scenario once, its two excuses, and after each the two-token continuation's first token; the
+    # shorter row padded (0)
+    assert sorted(map(sorted, chunk.input_ids.tolist())) == [sorted([0, *scenarios[0], 70, 71, 72, 6, 6]),
+                                                             sorted([*scenarios[1], 73, 74, 75, 76, 6, 6])]
+    scores = scorer.score(model)
+    with torch.no_grad():
+        for r, (inp, continuation) in enumerate(requests):
+            logprobs = torch.log_softmax(model(input_ids=torch.tensor([inp])).logits[0, -len(continuation):], dim=-1)
+            expected = logprobs.gather(-1, torch.tensor(continuation)[:, None]).sum().item()
+            greedy = bool((logprobs.argmax(-1) == torch.tensor(continuation)).all())
+            assert scores[r][0] == pytest.approx(expected, abs=1e-4) and scores[r][1] == greedy

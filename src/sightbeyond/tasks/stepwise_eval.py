@@ -1,11 +1,11 @@
 """lm-eval's loglikelihood requests scored exactly as `HFLM` scores them, with the work their prompts share done once.
 
-HFLM runs every (context, continuation) request as its own row. Here the requests, tokenised and truncated by HFLM's
-own rules, are planned as a tree of what they share:
-- requests whose contexts are the same tokens (the choices of one document: TruthfulQA's answers, ETHICS's " no" /
-  " yes"; and TruthfulQA mc1 and mc2 ask the same questions) form one row: the context once, each distinct
-  continuation after it as a branch that attends to the context and to itself only (a 4-D attention mask and explicit
-  positions), so the context is computed once instead of once per choice;
+HFLM runs every (context, continuation) request as its own row (one row per context where every continuation is one
+token). Here the requests, tokenised and truncated by HFLM's own rules, are planned as a tree of what they share:
+- a row is a token tree laid out depth first, each position attending to its ancestors only (a 4-D attention mask and
+  explicit positions): the choices of one document (TruthfulQA's answers, ETHICS's " no" / " yes"; TruthfulQA mc1 and
+  mc2 ask the same questions) branch from their context, computed once instead of once per choice, and neighbouring
+  contexts that open with the same run of tokens (ETHICS deontology's four excuses of one scenario) share it;
 - contexts that open with the same long run of tokens (TruthfulQA's 6-shot primer, MMLU's five shots of a subject,
   a task's instruction) form a cluster: that prefix goes through the model once, and its key/value cache serves
   every row of the cluster;
@@ -29,7 +29,8 @@ from tqdm import tqdm
 from sightbeyond.tasks.nlp import metrics_from_results, quiet, reseed_fewshot
 
 _LOGLIKELIHOOD_TYPES = ("multiple_choice", "loglikelihood")
-MIN_SHARED_PREFIX = 8  # tokens: a shorter run shared by several contexts is not worth a cache of its own
+MIN_SHARED_PREFIX = 8  # tokens: a shorter run shared by several contexts is not worth a cache or a row of its own
+MAX_ROW_TOKENS = 128   # a row of several contexts stops growing here: rows are padded to the longest of their batch
 
 
 @dataclass
@@ -51,8 +52,8 @@ class _Chunk:
     """Rows (a context and its branches) after a shared prefix, right-padded; one forward pass."""
 
     input_ids: torch.Tensor              # (rows, length)
-    position_ids: torch.Tensor           # (rows, length): after the prefix; a branch restarts where its context ends
-    segment: torch.Tensor                # (rows, length): 0 context, b > 0 the b-th branch, -1 padding
+    position_ids: torch.Tensor           # (rows, length): after the prefix, a token's depth in its row's tree
+    ends: torch.Tensor                   # (rows, length): where each token's subtree ends (depth-first layout)
     scored: torch.Tensor                 # (rows, length) bool: positions whose next-token distribution is read
     token_index: torch.Tensor            # (scored tokens,): each continuation token's index among the scored positions
     tokens: torch.Tensor                 # (scored tokens,): the continuation token
@@ -81,7 +82,7 @@ class SharedPrefixScorer:
             contexts.setdefault(inp[:cut], {}).setdefault(inp[cut:], []).append(r)
         self.clusters = [
             _Cluster(None if not prefix else torch.tensor([prefix], dtype=torch.long),
-                     _chunks(members, contexts, requests, len(prefix), batch_size))
+                     _chunks(members, contexts, requests, len(prefix), batch_size, min_prefix))
             for prefix, members in _clusters(sorted(contexts), min_prefix)
         ]
 
@@ -110,7 +111,7 @@ class SharedPrefixScorer:
                 cache = None if shared is None else DynamicCache(
                     [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v, *_ in shared],
                     config=model.config)
-                mask = _attention_mask(chunk.segment, prefix_length, model).to(device)
+                mask = _attention_mask(chunk.ends, prefix_length, model).to(device)
                 # logits only at the scored positions, flattened row by row: (scored positions, vocabulary)
                 logits = model(input_ids=chunk.input_ids.to(device), position_ids=(chunk.position_ids + prefix_length).to(device),
                                attention_mask=mask, cache=cache, use_cache=cache is not None,
@@ -155,59 +156,89 @@ def _common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def _chunks(members: list[tuple[int, ...]], contexts: dict, requests: list, prefix: int, batch_size: int) -> list[_Chunk]:
-    def length(context) -> int:
-        return len(context) - prefix + sum(map(len, contexts[context]))
-
-    # longest first, as HFLM orders them: rows of a chunk have similar lengths, so little padding
-    order = sorted(members, key=lambda c: -length(c))
-    chunks = []
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        width = max(map(length, rows))
-        input_ids = torch.zeros(len(rows), width, dtype=torch.long)
-        position_ids = torch.zeros(len(rows), width, dtype=torch.long)
-        segment = torch.full((len(rows), width), -1, dtype=torch.long)
-        positions, tokens, owner, chunk_requests = [], [], [], []
-        for b, context in enumerate(rows):
-            stem = context[prefix:]
-            input_ids[b, :len(stem)] = torch.tensor(stem, dtype=torch.long)
-            position_ids[b, :len(stem)] = torch.arange(len(stem))
-            segment[b, :len(stem)] = 0
-            at = len(stem)
-            for branch_number, (branch, members_) in enumerate(contexts[context].items(), start=1):
-                if branch:
-                    input_ids[b, at:at + len(branch)] = torch.tensor(branch, dtype=torch.long)
-                    position_ids[b, at:at + len(branch)] = torch.arange(len(stem), len(stem) + len(branch))
-                    segment[b, at:at + len(branch)] = branch_number
-                # the context's last position predicts the first continuation token, the branch the rest
-                where = [len(stem) - 1] + list(range(at, at + len(branch)))
-                for r in members_:
-                    positions += [(b, w) for w in where]
-                    tokens += requests[r][1]
-                    owner += [len(chunk_requests)] * len(where)
-                    chunk_requests.append(r)
-                at += len(branch)
-        scored = torch.zeros(len(rows), width, dtype=torch.bool)
-        rows_, columns = zip(*positions)
-        scored[list(rows_), list(columns)] = True
-        # the model returns the scored positions flattened row by row: each one's index there
-        flat = torch.full(scored.shape, -1, dtype=torch.long)
-        flat[scored] = torch.arange(int(scored.sum()))
-        chunks.append(_Chunk(input_ids, position_ids, segment, scored, flat[list(rows_), list(columns)],
-                             torch.tensor(tokens), torch.tensor(owner), chunk_requests))
-    return chunks
+def _chunks(members: list[tuple[int, ...]], contexts: dict, requests: list, prefix: int, batch_size: int,
+            min_prefix: int = MIN_SHARED_PREFIX) -> list[_Chunk]:
+    """Chunks of `batch_size` rows, longest first. A row is a token tree, each token once: neighbouring contexts
+    (sorted) that share `min_prefix` tokens or more after the cluster's prefix (ETHICS deontology's excuses of one
+    scenario, justice's scenarios that open alike), each with every distinct continuation of its requests."""
+    rows: list[list[tuple[int, ...]]] = []
+    width = 0  # the last row's tokens, at most: branches that its contexts share are counted once each
+    for context in members:
+        shared = _common_prefix_length(rows[-1][-1], context) if rows else 0
+        grown = width + len(context) - shared + sum(map(len, contexts[context]))
+        if rows and shared - prefix >= min_prefix and grown <= MAX_ROW_TOKENS:
+            rows[-1].append(context)
+            width = grown
+        else:
+            rows.append([context])
+            width = len(context) - prefix + sum(map(len, contexts[context]))
+    trees = sorted((_tree(row, contexts, requests, prefix) for row in rows), key=lambda tree: -len(tree[0]))
+    return [_chunk(trees[start:start + batch_size]) for start in range(0, len(trees), batch_size)]
 
 
-def _attention_mask(segment: torch.Tensor, prefix: int, model) -> torch.Tensor:
-    """(rows, 1, length, prefix + length): every position sees the prefix; a context position sees the context before
-    it, a branch position the whole context and its branch up to itself; padding sees the prefix and itself only."""
-    rows, length = segment.shape
-    real = segment >= 0
-    earlier = torch.ones(length, length, dtype=torch.bool).tril()[None]
-    same_tree = (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])
-    within = earlier & same_tree & real[:, None, :] & real[:, :, None]
-    within |= torch.eye(length, dtype=torch.bool)[None] & ~real[:, :, None]
+def _tree(row: list[tuple[int, ...]], contexts: dict, requests: list, prefix: int):
+    """One row's tokens laid out depth first: (tokens, depths, subtree ends, [(position, token, request)]). Inserting
+    the sequences in sorted order creates the nodes depth first, so a node's subtree is the positions from it to its
+    end, and its ancestors are what it attends to."""
+    sequences = sorted((context[prefix:] + branch, len(context) - prefix, r)
+                       for context in row for branch, members_ in contexts[context].items() for r in members_)
+    children: list[dict[int, int]] = [{}]  # node 0: the root, before the first token (not laid out)
+    parent, tokens, depth, scored = [-1], [0], [-1], []
+    for sequence, context_length, r in sequences:
+        node, path = 0, []
+        for token in sequence:
+            if token not in children[node]:
+                children[node][token] = len(tokens)
+                children.append({})
+                parent.append(node)
+                tokens.append(token)
+                depth.append(depth[node] + 1)
+            node = children[node][token]
+            path.append(node - 1)  # positions: nodes without the root
+        # the context's last position predicts the first continuation token, the branch the rest
+        continuation = requests[r][1]
+        scored += [(at, token, r) for at, token in zip(path[context_length - 1:], continuation, strict=True)]
+    ends = list(range(1, len(tokens)))
+    for node in range(len(tokens) - 1, 1, -1):  # children after parents: one pass from the end
+        if parent[node] > 0:
+            ends[parent[node] - 1] = max(ends[parent[node] - 1], ends[node - 1])
+    return tokens[1:], depth[1:], ends, scored
+
+
+def _chunk(trees) -> _Chunk:
+    width = max(len(tree[0]) for tree in trees)
+    input_ids = torch.zeros(len(trees), width, dtype=torch.long)
+    position_ids = torch.zeros(len(trees), width, dtype=torch.long)
+    ends = torch.arange(1, width + 1).repeat(len(trees), 1)  # padding: a leaf of its own
+    positions, tokens, owner, chunk_requests, local = [], [], [], [], {}
+    for b, (row_tokens, depths, row_ends, scored) in enumerate(trees):
+        input_ids[b, :len(row_tokens)] = torch.tensor(row_tokens, dtype=torch.long)
+        position_ids[b, :len(row_tokens)] = torch.tensor(depths, dtype=torch.long)
+        ends[b, :len(row_tokens)] = torch.tensor(row_ends, dtype=torch.long)
+        for at, token, r in scored:
+            if r not in local:
+                local[r] = len(chunk_requests)
+                chunk_requests.append(r)
+            positions.append((b, at))
+            tokens.append(token)
+            owner.append(local[r])
+    scored_mask = torch.zeros(len(trees), width, dtype=torch.bool)
+    rows_, columns = zip(*positions)
+    scored_mask[list(rows_), list(columns)] = True
+    # the model returns the scored positions flattened row by row: each one's index there
+    flat = torch.full(scored_mask.shape, -1, dtype=torch.long)
+    flat[scored_mask] = torch.arange(int(scored_mask.sum()))
+    return _Chunk(input_ids, position_ids, ends, scored_mask, flat[list(rows_), list(columns)],
+                  torch.tensor(tokens), torch.tensor(owner), chunk_requests)
+
+
+def _attention_mask(ends: torch.Tensor, prefix: int, model) -> torch.Tensor:
+    """(rows, 1, length, prefix + length): every position sees the prefix and its ancestors in its row's tree (the
+    positions at or before it whose subtree reaches it), itself included; padding, a leaf after the tree, sees the
+    prefix and itself only."""
+    rows, length = ends.shape
+    position = torch.arange(length)
+    within = (position[None, None, :] <= position[None, :, None]) & (ends[:, None, :] > position[None, :, None])
     mask = torch.cat([torch.ones(rows, length, prefix, dtype=torch.bool), within], dim=-1)[:, None]
     if model.config._attn_implementation == "eager":  # additive, where SDPA takes booleans
         return torch.zeros(mask.shape, dtype=model.dtype).masked_fill(~mask, torch.finfo(model.dtype).min)
