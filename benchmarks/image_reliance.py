@@ -22,20 +22,22 @@ from sightbeyond.report.reading import Cell, latest
 from sightbeyond.report.stats import Bootstrap, relative_change
 from sightbeyond.tasks.mme import PERCEPTION
 
-# goal -> threshold, per backbone (issue 22); a goal not listed for a backbone is printed without a verdict
+# goal -> threshold, per backbone (issue 22); a goal not listed for a backbone is printed without a verdict; None:
+# the caller's (MME: the constant answer's score)
 GOALS = {
     "smollm2": {"stage1 loss right": ("<=", 0.40), "stage1 gap": (">=", 0.30), "pope_random/acc": (">=", 0.80),
-                "pope_adversarial/acc": (">=", 0.75), "mme above constant": (">", 0.0), "coco_c below clean": ("<", 0.0)},
+                "pope_adversarial/acc": (">=", 0.75), "mme perception": (">", None), "coco_c below clean": ("<", 0.0)},
     "tiny": {"stage1 gap": (">=", 0.20), "pope_random/acc ft": (">=", 0.70)},
 }
 
 
-def verdict(backbone: str, goal: str, value: float | None, low: float | None = None, high: float | None = None) -> str:
+def verdict(backbone: str, goal: str, value: float | None, low: float | None = None, high: float | None = None,
+            threshold: float | None = None) -> str:
     """`met` / `MISSED` against the goal, judged on the interval's far end where there is one."""
     rule = GOALS.get(backbone, {}).get(goal)
     if rule is None or value is None:
         return ""
-    op, threshold = rule
+    op, threshold = rule[0], threshold if rule[1] is None else rule[1]
     bound = {"<=": high, "<": high, ">=": low, ">": low}[op]
     judged = value if bound is None else bound
     ok = {"<=": judged <= threshold, "<": judged < threshold, ">=": judged >= threshold, ">": judged > threshold}[op]
@@ -60,7 +62,6 @@ def main() -> None:
         value = results.value(stage1, metric)
         est = results.estimate(stage1, metric, boot) if value is not None else None
         print(line(f"after stage 1: {metric}", value, est) + verdict(backbone, goal, value, est and est.low, est and est.high))
-    constant = 50.0 * len([t for t in PERCEPTION if t not in params.eval_mm.mme_exclude])
     for tuning in params.grid.tuning:
         for modality in params.grid.modality:
             cell = Cell(backbone, tuning, modality, data, stage="eval_mm")
@@ -77,15 +78,17 @@ def main() -> None:
             if modality != "image":
                 continue
             value = results.value(cell, "mme/perception")
+            # a constant answer scores 50 a subtask (acc 0.5, acc+ 0): the subtasks this run scored
+            constant = 50.0 * sum(results.value(cell, f"mme/{task}") is not None for task in PERCEPTION)
             est = results.estimate(cell, "mme/perception", boot) if value is not None else None
-            above = None if value is None else value - constant
             print("  " + line(f"mme/perception (constant answer: {constant:g})", value, est)
-                  + verdict(backbone, "mme above constant", above, est and est.low - constant, est and est.high - constant))
+                  + verdict(backbone, "mme perception", value, est and est.low, est and est.high, threshold=constant))
             clean, corrupted = results.value(cell, "coco/cider"), results.value(cell, "coco_c/cider")
             c = results.compare(cell, cell, "coco/cider", boot, b_metric="coco_c/cider", contrast=relative_change) \
                 if clean and corrupted is not None else None
             change = None if not clean or corrupted is None else 100 * (corrupted - clean) / clean
-            print("  " + f"{'coco_c/cider vs clean coco (% change)':<46} {'—' if change is None else f'{change:+.1f}%'}"
+            undefined = "— (no clean run)" if clean is None else "— (clean CIDEr 0)"
+            print("  " + f"{'coco_c/cider vs clean coco (% change)':<46} {undefined if change is None else f'{change:+.1f}%'}"
                   + (f" [{c.low:+.1f}, {c.high:+.1f}]" if c else "")
                   + verdict(backbone, "coco_c below clean", change, c and c.low, c and c.high))
 

@@ -329,3 +329,15 @@ def test_an_ad_hoc_evaluation_changes_neither_the_tracked_results_nor_the_report
     read, left_out = (root / "reports/README.md").read_text().split("## Runs left out")
     assert pipeline.info.run_id in read and ad_hoc.info.run_id not in read
     assert f"`tiny/base` run {ad_hoc.info.run_id}: measured otherwise" in left_out and "eval_limit 1 not None" in left_out
+
+
+def test_entries_say_why_they_have_no_delta_and_keep_a_small_gap_readable():
+    from sightbeyond.report.stats import Estimate
+
+    row, cell = tables.Row("MM-tiny-ft", "tiny", "ft"), Cell("tiny", "ft", "image", "full", stage="eval_mm")
+    zero_clean = tables.Entry(row, "coco_c/cider", cell, 0.0, None, "", "%", against="tiny/ft-image/full coco/cider",
+                              no_delta="coco/cider is 0: no relative change")
+    assert tables.format_entry(zero_clean, percent=False) == "0.0 (coco/cider is 0: no relative change)"
+    gap = tables.Entry(row, "reliance/gap", cell, 0.077, Estimate(0.077, 0.063, 0.092, 100), "", "")
+    assert tables.format_entry(gap, percent=False) == "0.077 [0.063, 0.092]"
+    assert tables.scale("reliance/gap") == 1.0 and tables.scale("pope_random/acc") == 100.0

@@ -29,8 +29,14 @@ NAMES = {backbone: name for name, backbone in BACKBONES.items()}
 
 
 def scale(metric: str) -> float:
-    """Ours -> the paper's units: accuracies are logged as fractions; MME, CIDEr and SQuAD's F1 already in points."""
-    return 1.0 if metric.startswith("mme/") or metric.endswith("/cider") or metric == "squadv2/f1" else 100.0
+    """Ours -> the paper's units: accuracies are logged as fractions; MME, CIDEr and SQuAD's F1 already in points;
+    the reliance gap (not the paper's) in nats per token."""
+    plain = metric.startswith(("mme/", "reliance/")) or metric.endswith("/cider") or metric == "squadv2/f1"
+    return 1.0 if plain else 100.0
+
+
+def decimals(metric: str) -> int:
+    return 3 if metric.startswith("reliance/") else 1  # a gap of a few hundredths of a nat is not 0.1
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,7 @@ class Entry:
     delta: float | None = None
     comparison: Comparison | None = None  # the delta's interval and test
     selected_on: str | None = None       # stage2.best_metric chose the checkpoint: on "holdout" | "reported documents"
+    no_delta: str = ""                   # why there is no delta although the run compared with exists
 
 
 # how a row's checkpoint was chosen, marked after its label (the footnote says what the marks mean)
@@ -186,7 +193,9 @@ def _entry(row: Row, cell: Cell, metric: str, column: Column, results: Results, 
     elif column.against not in (None, "base"):  # a change within the model, in percent of another metric (Table 5)
         entry.against, entry.delta_unit = f"{cell.label} {column.against}", "%"
         reference = results.value(cell, column.against)
-        if value is not None and reference:  # a reference of 0 has no relative change
+        if reference == 0:
+            entry.no_delta = f"{column.against} is 0: no relative change"
+        if value is not None and reference:
             entry.delta = float(relative_change(reference, value))
             entry.comparison = results.compare(cell, cell, column.against, boot, b_metric=metric,
                                                contrast=relative_change)
@@ -198,15 +207,18 @@ def format_entry(entry: Entry, percent: bool) -> str:
     is no delta); MISSING without a run."""
     if entry.value is None:
         return MISSING
-    text = f"{entry.value:.1f}" + ("%" if percent else "")
+    d = decimals(entry.metric)
+    text = f"{entry.value:.{d}f}" + ("%" if percent else "")
     if entry.delta is not None:
         c = entry.comparison
-        text += f" ({entry.delta:+.1f}{entry.delta_unit})"
-        return text + (f"{stars(c.p)} [{c.low:+.1f}, {c.high:+.1f}]" if c else " [CI n/a]")
+        text += f" ({entry.delta:+.{d}f}{entry.delta_unit})"
+        return text + (f"{stars(c.p)} [{c.low:+.{d}f}, {c.high:+.{d}f}]" if c else " [CI n/a]")
+    if entry.no_delta:
+        return text + f" ({entry.no_delta})"
     if entry.against:  # the run it is compared with is missing: no delta rather than one against anything else
         return text + f" (no {entry.against})"
     e = entry.estimate
-    return text + (f" [{e.low:.1f}, {e.high:.1f}]" if e else "")
+    return text + (f" [{e.low:.{d}f}, {e.high:.{d}f}]" if e else "")
 
 
 def grid(table: Table) -> list[list[str]]:
