@@ -19,8 +19,8 @@ def test_the_grid_lays_each_shape_over_its_cells_patches():
 
 
 def test_practice_answers_from_the_grid_where_the_image_goes():
-    docs = reading_practice(Reading(scenes=300, captions=0.3, lookups=0.2), side=2, template="v1", seed=3)
-    assert docs == reading_practice(Reading(scenes=300, captions=0.3, lookups=0.2), side=2, template="v1", seed=3)
+    docs = reading_practice(Reading(scenes=300, captions=0.3, lookups=0.2, min_auc=0.95, attempts=1), side=2, template="v1", seed=3)
+    assert docs == reading_practice(Reading(scenes=300, captions=0.3, lookups=0.2, min_auc=0.95, attempts=1), side=2, template="v1", seed=3)
     kinds = {"caption": 0, "lookup": 0, "questions": 0}
     for doc in docs:
         shown = {slot[1]: slot[0] for slot in doc.grid if slot != ("dark",)}
@@ -58,4 +58,37 @@ def test_a_grid_position_holds_the_sum_of_its_words_and_only_what_follows_is_sco
 
 def test_reading_shares_must_fit_in_the_scenes():
     with pytest.raises(ValueError, match="more than all the scenes"):
-        Reading(scenes=10, captions=0.7, lookups=0.5)
+        Reading(scenes=10, captions=0.7, lookups=0.5, min_auc=0.95, attempts=1)
+
+
+def _fake_draws(monkeypatch, aucs: list[float]) -> list[int]:
+    """Pretraining replaced by a stub that records its seed; the check replaced by the AUCs given, one per draw."""
+    from sightbeyond.embedded import tiny
+
+    seeds, results = [], iter(aucs)
+    monkeypatch.setattr(tiny, "pretrain_llm", lambda cfg, tok, texts, practice, seed: seeds.append(seed) or f"model {seed}")
+    monkeypatch.setattr(tiny, "presence_auc", lambda *args, **kwargs: next(results))
+    return seeds
+
+
+def test_a_draw_that_did_not_learn_to_read_is_retrained_from_the_next_seed(monkeypatch):
+    from sightbeyond.config import load_params
+    from sightbeyond.embedded.tiny import pretrain_reading_llm
+
+    cfg = load_params().tiny_backbone
+    seeds = _fake_draws(monkeypatch, [0.61, 0.99])
+    model, reading = pretrain_reading_llm(cfg, None, [], [], "v1", side=2)
+    assert seeds == [cfg.seed, cfg.seed + 1] and model == f"model {cfg.seed + 1}"
+    assert reading == {"seed": cfg.seed + 1, "presence_auc": 0.99, "attempts": 2}
+
+
+def test_a_backbone_that_never_learns_to_read_fails_the_build_by_name(monkeypatch):
+    from sightbeyond.config import load_params
+    from sightbeyond.embedded.tiny import pretrain_reading_llm
+    from sightbeyond.io import TrainingFailed
+
+    cfg = load_params().tiny_backbone
+    seeds = _fake_draws(monkeypatch, [0.6] * cfg.reading.attempts)
+    with pytest.raises(TrainingFailed, match=r"presence AUC 0\.600 < tiny_backbone\.reading\.min_auc"):
+        pretrain_reading_llm(cfg, None, [], [], "v1", side=2)
+    assert len(seeds) == cfg.reading.attempts

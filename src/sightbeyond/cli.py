@@ -12,7 +12,7 @@ from sightbeyond.config import ConfigError, InstructData, Modality, Tuning, load
 from sightbeyond.data.llava_format import BadRecord
 from sightbeyond.model.weights import MissingWeightsError, image_tokens, resolve_backbone, resolve_llm
 from sightbeyond.report import compare
-from sightbeyond.io import NotWritable
+from sightbeyond.io import NotWritable, TrainingFailed
 from sightbeyond.layout import RELEASED
 from sightbeyond.tasks.lm_eval_index import UnsupportedLmEval
 from sightbeyond.tasks.local_docs import MalformedFile
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             # (a chain builds a backbone the pipeline builds: its weights need not exist yet)
             resolve_llm(params)
         return COMMANDS[args.command](params, args) or 0
-    except (ConfigError, MissingWeightsError, BadRecord, MalformedFile, NotWritable, UnsupportedLmEval,
+    except (ConfigError, MissingWeightsError, BadRecord, MalformedFile, NotWritable, UnsupportedLmEval, TrainingFailed,
             FileNotFoundError, PermissionError) as err:
         # the user's to fix: one line, no traceback
         print(f"sightbeyond {args.command}: error: {err}", file=sys.stderr)

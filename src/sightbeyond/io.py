@@ -19,6 +19,10 @@ class ConfigError(ValueError):
     """Settings the user must change; here, below every module that raises it (config, the benchmark libraries)."""
 
 
+class TrainingFailed(RuntimeError):
+    """A training run that ended without the skill later stages need, measured; retrying as is would not help."""
+
+
 class Strict(BaseModel):
     """A section of a settings file (params.yaml, benchmarks.yaml): unknown keys are refused, values frozen."""
 
