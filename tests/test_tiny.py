@@ -92,3 +92,13 @@ def test_a_backbone_that_never_learns_to_read_fails_the_build_by_name(monkeypatc
     with pytest.raises(TrainingFailed, match=r"presence AUC 0\.600 < tiny_backbone\.reading\.min_auc"):
         pretrain_reading_llm(cfg, None, [], [], "v1", side=2)
     assert len(seeds) == cfg.reading.attempts
+
+
+def test_without_a_required_auc_the_first_draw_is_kept_and_its_auc_recorded(monkeypatch):
+    from sightbeyond.config import load_params
+    from sightbeyond.embedded.tiny import pretrain_reading_llm
+
+    cfg = load_params(overrides={"tiny_backbone.reading.min_auc": None}).tiny_backbone
+    seeds = _fake_draws(monkeypatch, [0.52])
+    model, reading = pretrain_reading_llm(cfg, None, [], [], "v1", side=2)
+    assert seeds == [cfg.seed] and reading["presence_auc"] == 0.52
