@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 from typing import get_args
 
 from sightbeyond.config import ConfigError, InstructData, Modality, Tuning, load_params, project_root
-from sightbeyond.data.llava_format import BadRecord
 from sightbeyond.model.weights import MissingWeightsError, image_tokens, resolve_backbone, resolve_llm
 from sightbeyond.report import compare
-from sightbeyond.io import NotWritable, TrainingFailed
+from sightbeyond.io import BadInput, Busy, NotWritable, TrainingFailed, exclusive
 from sightbeyond.layout import RELEASED
 from sightbeyond.tasks.lm_eval_index import UnsupportedLmEval
-from sightbeyond.tasks.local_docs import MalformedFile
 
 TUNINGS, MODALITIES = get_args(Tuning), get_args(Modality)
 VARIANTS = tuple(f"{t}-{m}" for t in TUNINGS for m in MODALITIES)
@@ -67,13 +66,38 @@ def _parser() -> argparse.ArgumentParser:
 def _overrides(pairs: list[str]) -> dict:
     import yaml
 
+    from sightbeyond.config import yaml_problem
+
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
+        if not sep or not key:
             raise ConfigError(f"-S {pair!r}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = yaml_problem(err) if "\n" in value else yaml_problem(err).replace("line 1, column", "column")
+            raise ConfigError(f"-S {pair!r}: the value {value!r} is not valid YAML: {problem}") from None
     return out
+
+
+def _lock(params, args) -> tuple[Path, str] | None:
+    """The lock a command holds while it works (layout.Cell.lock), and what it works on, in words; None for the
+    commands that write nothing of a cell's."""
+    from sightbeyond.layout import LOCKS, Cell
+
+    command = args.command
+    if command in ("stage1", "stage2", "extract", "eval_mm"):
+        cell = Cell.of(params, *((args.tuning, args.modality) if command != "stage1" else ()))
+    elif command == "eval_nlp":
+        cell = Cell.of(params, *(() if args.model == "base" else args.model.split("-")))
+    elif command in ("synth", "subsets", "report", "backbone", "prepare"):
+        what = {"backbone": params.backbone_key, "prepare": "stage1" if getattr(args, "split", "") == "stage1" else params.data}
+        name = "-".join(filter(None, (command, what.get(command))))
+        return LOCKS / f"{name}.lock", name
+    else:
+        return None
+    return cell.lock(command), f"{command} of {cell.backbone if command == 'stage1' else cell.key}"
 
 
 def _stage(module: str, *fields: str):
@@ -136,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                           "grid.data": [args.data], "preset": None if args.preset == "backbone" else args.preset}
         params = load_params(overrides=overrides)
         args.overrides = overrides
-        params._command_line = frozenset(_overrides(args.set))
+        params._command_line = _overrides(args.set)
         if args.command == "check":  # the recipe first: it needs no weights
             print(params.recipe(image_tokens(params)))
         # missing weights stop every stage in seconds, before data is read
@@ -145,9 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("stage2", "extract", "eval_nlp") or (args.command == "chain" and not params.active.build):
             # (a chain builds a backbone the pipeline builds: its weights need not exist yet)
             resolve_llm(params)
-        return COMMANDS[args.command](params, args) or 0
-    except (ConfigError, MissingWeightsError, BadRecord, MalformedFile, NotWritable, UnsupportedLmEval, TrainingFailed,
-            FileNotFoundError, PermissionError) as err:
+        # one process per cell: a second one stops here, before it touches the first one's checkpoints or run
+        lock = _lock(params, args)
+        with exclusive(*lock) if lock else contextlib.nullcontext():
+            return COMMANDS[args.command](params, args) or 0
+    except (BadInput, Busy, MissingWeightsError, NotWritable, UnsupportedLmEval, TrainingFailed, FileNotFoundError,
+            PermissionError) as err:
         # the user's to fix: one line, no traceback
         print(f"sightbeyond {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -342,7 +343,7 @@ def _known(names: list[str], known, what: str) -> list[str]:
 class Params(Strict):
     # `-S` overrides given on the command line, past what dvc.yaml itself passes (`data`): a run whose settings are
     # not params.yaml's, whose results stay out of the pipeline's tracked files
-    _command_line: frozenset[str] = PrivateAttr(default=frozenset())
+    _command_line: dict = PrivateAttr(default_factory=dict)  # key -> value
 
     backbone: str
     data: InstructData  # the instruction set one command works on; dvc.yaml passes each of grid.data
@@ -388,7 +389,16 @@ class Params(Strict):
 
     @property
     def ad_hoc(self) -> bool:
-        return bool(self._command_line - {"data"})
+        return bool(self._command_line.keys() - {"data"})
+
+    @property
+    def ad_hoc_id(self) -> str | None:
+        """A short hash of the overrides that make the run ad hoc: two ad-hoc runs with other settings write other
+        files, and the same settings the same file."""
+        if not self.ad_hoc:
+            return None
+        given = {k: v for k, v in self._command_line.items() if k != "data"}
+        return hashlib.sha1(json.dumps(given, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
     @property
     def backbone_key(self) -> str:
@@ -463,13 +473,43 @@ def project_root() -> Path:
     raise ConfigError(f"no params.yaml in {here} or above; run from the project or set SIGHTBEYOND_ROOT")
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error as one line: where (line, column) and what, without PyYAML's `<unicode string>` and excerpt."""
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    mark, context, context_mark = (getattr(err, k, None) for k in ("problem_mark", "context", "context_mark"))
+    what = f"{at(mark)}: " if mark is not None else ""
+    what += getattr(err, "problem", None) or str(err).splitlines()[0]
+    if context:
+        what += f" ({context}{f' at {at(context_mark)}' if context_mark is not None else ''})"
+    return what
+
+
+def read_yaml(path: Path):
+    """A settings file's content; not UTF-8 or not YAML is a ConfigError naming the file, line and column."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
+
+
 def load_params(path: Path | None = None, overrides: dict | None = None) -> Params:
     path = path or project_root() / "params.yaml"
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (backbone: ..., stage2: ...), got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for key in parents:
+        node, keys = raw, dotted.split(".")
+        if not all(keys):
+            raise ConfigError(f"-S {dotted}=...: the key has an empty part")
+        for depth, key in enumerate(keys[:-1]):
             node = node.setdefault(key, {})
-        node[leaf] = value
+            if not isinstance(node, dict):
+                raise ConfigError(f"-S {dotted}=...: {'.'.join(keys[:depth + 1])} is a value ({node!r}), not a section")
+        node[keys[-1]] = value
     return validated(Params, raw, path, "invalid parameters")

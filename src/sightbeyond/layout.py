@@ -17,6 +17,7 @@ BACKBONES = MODELS / "backbones"  # each backbone as the `backbone` stage leaves
 RELEASED = MODELS / "released"  # `import_released`'s default: checkpoints in LLaVA's training layout
 REPORTS = Path("reports")
 CHECKPOINTS = Path("checkpoints")  # the Trainer's working directories, outside the DVC outputs
+LOCKS = CHECKPOINTS / "locks"  # one per cell and stage being worked on (io.exclusive)
 BEST = "best"  # stage 2's output holds the best step's model here when stage2.best_metric chose one
 SELECTION = "selection.json"  # beside it: how it was chosen (metric, step, value, on which documents)
 
@@ -49,13 +50,13 @@ class Cell:
     tuning: str = NONE        # lora | ft
     modality: str = NONE      # image | text
     data: str = NONE          # full | conversation | detail | reasoning | random20k
-    ad_hoc: bool = field(default=False, compare=False)
+    ad_hoc: str | None = field(default=None, compare=False)  # Params.ad_hoc_id: which ad-hoc settings
 
     @classmethod
     def of(cls, params: Params, tuning: str | None = None, modality: str | None = None) -> Cell:
         if tuning is None:
-            return cls(params.backbone_key, ad_hoc=params.ad_hoc)
-        return cls(params.backbone_key, tuning, modality, params.data, params.ad_hoc)
+            return cls(params.backbone_key, ad_hoc=params.ad_hoc_id)
+        return cls(params.backbone_key, tuning, modality, params.data, params.ad_hoc_id)
 
     @property
     def variant(self) -> str:
@@ -86,14 +87,24 @@ class Cell:
     def trainer_dir(self, stage: str) -> Path:
         return CHECKPOINTS / self.backbone / ("stage1" if stage == "stage1" else f"{self.data}-{self.variant}")
 
+    @property
+    def _output_name(self) -> str:
+        return f"{self.key}-{self.ad_hoc}" if self.ad_hoc else self.key
+
     def results(self, stage: str) -> Path:
-        """An evaluation's summary: the pipeline's tracked file, or under results/adhoc/ for a run with other
-        settings than params.yaml's (dvc.yaml's outputs stay what the pipeline measured)."""
-        return Path("results") / ("adhoc" if self.ad_hoc else "") / stage / f"{self.key}.json"
+        """An evaluation's summary: the pipeline's tracked file, or under results/adhoc/, named with the settings'
+        hash, for a run with other settings than params.yaml's (dvc.yaml's outputs stay what the pipeline measured)."""
+        return Path("results") / ("adhoc" if self.ad_hoc else "") / stage / f"{self._output_name}.json"
 
     def predictions(self, stage: str) -> Path:
         """An evaluation's per-document predictions, a folder beside its summary under predictions/."""
-        return Path("predictions") / ("adhoc" if self.ad_hoc else "") / stage / self.key
+        return Path("predictions") / ("adhoc" if self.ad_hoc else "") / stage / self._output_name
+
+    def lock(self, stage: str) -> Path:
+        """The lock one process holds while it works on this cell in `stage`: what the stage writes (an ad-hoc
+        evaluation's own files, a training's shared checkpoints and output) is what it is named for."""
+        name = self.backbone if stage == "stage1" else self.key if stage in ("stage2", "extract") else self._output_name
+        return LOCKS / f"{stage}-{name}.lock"
 
     def run_name(self, stage: str) -> str:
         return f"{stage}-{self.key}"
