@@ -57,7 +57,7 @@ def test_prepare_that_skips_every_record_says_why(tiny_project, tmp_path):
     (source / "llava_instruct_80k.json").write_text(json.dumps([record]))
     line = failed(run_cli(root, "-S", f"prepare.instruct_dir={source}", "-S", f"prepare.instruct_images={source}",
                           "-S", "prepare.on_bad_record=skip", "prepare", "--split", "instruct", wait=False))
-    assert "llava_instruct_80k.json: record (all): no usable record of 1 read; every one skipped" in line
+    assert "llava_instruct_80k.json: no usable record of 1 read; every one skipped" in line
     # the earlier output stays as it was, with nothing half-written beside it
     assert (root / "data/prepared/full/text").exists() and not (root / "data/prepared/full/image").exists()
     assert not list((root / "data/prepared").glob(".*"))

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from sightbeyond.data.llava_format import BadRecord, ReadCounts, iter_records, read_llava_file
+from sightbeyond.io import BadInput
 
 
 def record(rid: str, image: str = "ok.jpg", human: str = "<image>\nWhat is this?", gpt: str | None = "A red circle.") -> dict:
@@ -114,5 +115,12 @@ def test_text_after_the_closing_bracket_is_an_error(tmp_path):
 def test_skipping_every_record_says_so_with_the_counts(images):
     path = images / "instruct.json"
     path.write_text(json.dumps([record("r-missing", image="nowhere.jpg"), record("r-noanswer", gpt=None)]))
-    with pytest.raises(BadRecord, match=r"no usable record of 2 read; every one skipped: .*'missing image': 1"):
+    with pytest.raises(BadInput, match=r"instruct\.json: no usable record of 2 read; every one skipped: .*'missing image': 1") as err:
         list(read_llava_file(path, images, on_bad_record="skip", with_image=True))
+    assert "record (all)" not in str(err.value)  # no record is called "(all)"
+
+    report = ReadCounts()
+    path.write_text(json.dumps([record("r-missing", image="nowhere.jpg"), record("r-noanswer", gpt=None), record("r-ok")]))
+    assert [r["id"] for r in read_llava_file(path, images, on_bad_record="skip", with_image=True, report=report)] == ["r-ok"]
+    # the skipped records are named, by reason, for the user to find and fix
+    assert report.as_dict()["skipped_ids"] == {"missing image": ["r-missing"], "no assistant turn": ["r-noanswer"]}

@@ -11,6 +11,7 @@ import pytest
 from sightbeyond.config import load_params
 from sightbeyond.embedded.shapesworld import write_mm_benchmarks
 from sightbeyond.evaluation.mm_stage import load_benchmarks, load_image
+from sightbeyond.io import BadInput
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's PTB tokenizer runs on Java")
@@ -55,10 +56,14 @@ def test_missing_and_unreadable_images_stop(tmp_path):
     write_mm_benchmarks(params.synth, tmp_path)
     victim = tmp_path / "unicorn/ood/oodcv-vqa/images/oodcv_00002.jpg"
     victim.write_bytes(b"not a jpeg")
-    with pytest.raises(ValueError, match="oodcv_00002.jpg: unreadable image"):
+    # before the model loads, named with the question that asks for it
+    with pytest.raises(BadInput, match=r"oodcv-vqa\.json: question \d+: image .*oodcv_00002\.jpg: unreadable image"):
+        load_benchmarks(params.eval_mm)
+    with pytest.raises(BadInput, match="oodcv_00002.jpg: image: unreadable image"):
         load_image(victim)
     victim.unlink()
-    with pytest.raises(FileNotFoundError, match="1 benchmark images missing.*oodcv_00002.jpg"):
+    with pytest.raises(FileNotFoundError, match=r"1 benchmark images missing; the first: .*oodcv-vqa\.json: question \d+: "
+                                                r"image .*oodcv_00002\.jpg not found"):
         load_benchmarks(params.eval_mm)
 
 

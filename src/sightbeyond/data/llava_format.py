@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from sightbeyond.io import undecodable
+from sightbeyond.io import SIXTEEN_BIT, BadInput, MalformedFile, as_rgb, image_mode_problem, undecodable
 
 IMAGE_TOKEN = "<image>"
 # LLaVA v1's `mm_use_im_start_end`: each image's patch tokens between two added tokens
@@ -37,10 +37,9 @@ def chat_template(name: str, image_start_end: bool = False) -> str:
     return ("{%- set image = '" + image + "' -%}\n" +
             resources.files("sightbeyond.data.templates").joinpath(f"{name}.jinja").read_text())
 
-class BadRecord(ValueError):
+class BadRecord(MalformedFile):
     def __init__(self, file: Path, record: str, reason: str):
-        super().__init__(f"{file}: record {record}: {reason}")
-        self.reason = reason
+        super().__init__(file, f"record {record}", reason)
 
 
 @dataclass
@@ -63,9 +62,15 @@ class ReadCounts:
     read: int = 0
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
+    skipped_ids: dict[str, list[str]] = field(default_factory=dict)  # per reason, the records, to find and fix them
+
+    def skip(self, record_id: str, kind: str) -> None:
+        self.skipped[kind] += 1
+        self.skipped_ids.setdefault(kind, []).append(record_id)
 
     def as_dict(self) -> dict:
-        return {"read": self.read, "kept": self.kept, "skipped": sum(self.skipped.values()), "reasons": dict(self.skipped)}
+        return {"read": self.read, "kept": self.kept, "skipped": sum(self.skipped.values()), "reasons": dict(self.skipped),
+                "skipped_ids": self.skipped_ids}
 
 
 def find_file(root: Path, pattern: str) -> Path:
@@ -116,13 +121,26 @@ def iter_records(path: Path, chunk_chars: int = 1 << 20) -> Iterator[dict]:
             last_id, index = record.get("id", index) if isinstance(record, dict) else index, index + 1
 
 
-def check_image(path: Path) -> None:
+def check_image(path: Path) -> str | dict:
+    """The image as the prepared dataset stores it: its path, or for 16-bit grey (which the image processor would clip
+    to white) the path and its 8-bit RGB conversion as PNG bytes, which datasets decodes in its place."""
     if not path.is_file():
         raise Invalid("missing image", f"image {path} not found")
     try:
         with Image.open(path) as img:
             img.draft("RGB", (32, 32))  # JPEG: decode at reduced scale, still reading the whole stream
             img.load()
+            if problem := image_mode_problem(img):
+                raise Invalid("image mode", f"image {path}: {problem}")
+            if img.mode not in SIXTEEN_BIT:
+                return str(path)
+            import io
+
+            png = io.BytesIO()
+            as_rgb(img, str(path)).save(png, format="PNG")
+            return {"path": str(path), "bytes": png.getvalue()}
+    except Invalid:
+        raise
     except Exception as err:
         raise Invalid("unreadable image", f"image {path} unreadable ({err.__class__.__name__}: {err})") from None
 
@@ -166,18 +184,17 @@ def read_llava_file(path: Path, image_dir: Path, *, on_bad_record: str, with_ima
             if not isinstance(record, dict) or not isinstance(record.get("image"), str):
                 raise Invalid("malformed", "no 'image' field")
             messages = to_messages(record, with_image=with_image, plain=plain)
-            image = image_dir / record["image"]
-            check_image(image)  # the text-only variant is the same records, so it keeps the same ones
+            stored = check_image(image_dir / record["image"])  # the text-only variant is the same records: it keeps the same ones
         except Invalid as err:
             if on_bad_record == "error":
                 raise BadRecord(path, record_id, str(err)) from None
-            report.skipped[err.kind] += 1
+            report.skip(record_id, err.kind)
             continue
         row = {"id": record_id, "messages": messages}
         if with_image:
-            row["images"] = [str(image)]
+            row["images"] = [stored]
         report.kept += 1
         yield row
     if report.kept == 0:  # else datasets stops with "corresponds to no data", naming neither the file nor why
         reasons = f"every one skipped: {dict(report.skipped)}" if report.skipped else "the array is empty"
-        raise BadRecord(path, "(all)", f"no usable record of {report.read} read; {reasons}")
+        raise BadInput(f"{path}: no usable record of {report.read} read; {reasons}")

@@ -14,7 +14,7 @@ from datasets.exceptions import DatasetGenerationError
 
 from sightbeyond.config import Params
 from sightbeyond.data.llava_format import INSTRUCT_FILES, ReadCounts, find_file, read_llava_file
-from sightbeyond.io import ConfigError, atomic_dir
+from sightbeyond.io import ConfigError, atomic_dir, check_writable
 from sightbeyond.data.subsets import subset_file
 from sightbeyond.layout import PREPARED, split_dir
 from sightbeyond.tasks.reliance import HELDOUT
@@ -81,6 +81,7 @@ def run(params: Params, split: str) -> None:
     else:
         source, images, final, parts = instruct_file(params), cfg.instruct_images, PREPARED / params.data, {"image": True, "text": False}
     name = f"prepare-{'stage1' if split == 'stage1' else params.data}"
+    check_writable(final.parent)  # before a run starts or a record is read
     with stage_run("prepare", params, name=name, param_sections=("prepare",), inputs=[source.parent]), atomic_dir(final) as out:
         reports = {}
         for part, with_image in parts.items():
@@ -90,8 +91,10 @@ def run(params: Params, split: str) -> None:
                  out if split == "stage1" else out / part, with_image=with_image, heldout=cfg.heldout, seed=cfg.seed)
         summary = {part: r.as_dict() for part, r in reports.items()} | {"source": str(source)}
         (out / "report.json").write_text(json.dumps(summary, indent=2))
-        mlflow.log_metrics({f"{part}/{k}": v for part, r in reports.items() for k, v in r.as_dict().items() if k != "reasons"})
+        mlflow.log_metrics({f"{part}/{k}": v for part, r in reports.items() for k, v in r.as_dict().items()
+                            if k not in ("reasons", "skipped_ids")})
         mlflow.log_dict(summary, "prepare_report.json")
         for part, r in reports.items():
             if r.skipped:
-                print(f"prepare: skipped {sum(r.skipped.values())} bad records of {r.read} in {part}: {dict(r.skipped)}")
+                print(f"prepare: skipped {sum(r.skipped.values())} bad records of {r.read} in {part}: {dict(r.skipped)} "
+                      f"(their ids: {final / 'report.json'}, {part}.skipped_ids)")

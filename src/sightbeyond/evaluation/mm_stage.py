@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from sightbeyond.config import EvalMM, Modality, Params, Tuning
-from sightbeyond.io import atomic_dir, check_writable, write_json
+from sightbeyond.io import MalformedFile, as_rgb, atomic_dir, check_writable, image_mode_problem, write_json
 from sightbeyond.layout import Cell, split_dir
 from sightbeyond.model.llava import STOP_STRINGS, load_tuned, template_for, text_cell_with_vision, tuned_dir
 from sightbeyond.tasks import captions, corruptions, mme, pope, reliance, unicorn
@@ -37,26 +37,40 @@ def families(params: Params, chat_template: str | None = None) -> dict:
 
 
 def load_benchmarks(cfg: EvalMM, found: dict = FAMILIES) -> dict:
-    """Every selected benchmark, read and checked (layout, answers, images present) before a model loads."""
+    """Every selected benchmark, read and checked (layout, answers, each image present and in a mode the encoder
+    can be shown) before a model loads; a bad image is named with the file and line that ask for it."""
     data: dict = {}
-    images: list[Path] = []
+    images: dict[Path, str] = {}
     read: dict[tuple[Path, ...], tuple] = {}  # families over the same files (coco, coco_c) read them once
     for family in cfg.benchmarks:
         files = tuple(found[family].inputs(cfg))
-        data[family], paths = read[files] = read.get(files) or found[family].read(cfg)
-        images += paths
-    missing = sorted({str(p) for p in images if not p.is_file()})
+        data[family], asked = read[files] = read.get(files) or found[family].read(cfg)
+        images |= {path: where for path, where in asked.items() if path not in images}
+    missing = [(where, path) for path, where in images.items() if not path.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} benchmark images missing, e.g. {missing[:3]}")
+        where, path = missing[0]
+        raise FileNotFoundError(f"{len(missing)} benchmark images missing; the first: {where}: image {path} not found")
+    for path, where in tqdm(images.items(), desc="check benchmark images", unit=" images", mininterval=2):
+        if problem := image_problem(path):
+            raise MalformedFile(where, f"image {path}", problem)
     return data
+
+
+def image_problem(path: Path) -> str | None:
+    """Why the image at `path` cannot be shown to the model, from its header (and its pixels for mode I), or None."""
+    try:
+        with Image.open(path) as image:
+            return image_mode_problem(image)
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for a truncated or foreign file
+        return f"unreadable image ({err})"
 
 
 def load_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as f:
-            return f.convert("RGB")
+            return as_rgb(f, str(path))
     except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for a truncated or foreign file
-        raise ValueError(f"{path}: unreadable image ({err})") from None
+        raise MalformedFile(path, "image", f"unreadable image ({err})") from None
 
 
 class Generator:

@@ -13,6 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from sightbeyond.io import ConfigError, MalformedFile
+
 TRAIN_SPLITS = ("train", "restval")
 
 
@@ -21,35 +23,45 @@ class CaptionImage:
     key: str                    # the file name: unique in a Karpathy file, and what predictions are keyed by
     path: Path
     references: tuple[str, ...]
+    asked: str = ""             # the file and record that name it
 
 
 def read_karpathy(path: Path, images: Path, split: str = "test") -> tuple[list[CaptionImage], list[str]]:
     """The split's images with their reference captions, and the training captions (the in-context examples' pool)."""
     try:
-        records = json.loads(Path(path).read_text())["images"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a Karpathy split file ({err!r})") from None
+        records = json.loads(Path(path).read_text(encoding="utf-8"))["images"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise MalformedFile(path, "top level", f"not a Karpathy split file ({err})") from None
+    if not isinstance(records, list):
+        raise MalformedFile(path, "images", "expected a list of images")
     test, train = [], []
     for n, rec in enumerate(records):
-        if not {"filename", "split", "sentences"} <= rec.keys():
-            raise ValueError(f"{path}: image {n}: expected filename, split and sentences, got keys {sorted(rec)}")
+        where = f"images[{n}]"
+        if not isinstance(rec, dict) or not {"filename", "split", "sentences"} <= rec.keys():
+            raise MalformedFile(path, where, f"expected filename, split and sentences, got {str(rec)[:200]}")
+        if not isinstance(rec["filename"], str) or not isinstance(rec.get("filepath", ""), str) \
+                or not isinstance(rec["sentences"], list) \
+                or not all(isinstance(s, dict) and isinstance(s.get("raw"), str) for s in rec["sentences"]):
+            raise MalformedFile(path, where, "filename and filepath must be text, sentences a list of {raw: text}")
         raws = [s["raw"].strip() for s in rec["sentences"]]
         if rec["split"] == split:
-            if not raws:
-                raise ValueError(f"{path}: {rec['filename']} has no reference captions")
-            test.append(CaptionImage(rec["filename"], Path(images) / rec.get("filepath", "") / rec["filename"], tuple(raws)))
+            if not any(raws):
+                raise MalformedFile(path, where, f"{rec['filename']} has no reference captions")
+            test.append(CaptionImage(rec["filename"], Path(images) / rec.get("filepath", "") / rec["filename"],
+                                     tuple(r for r in raws if r), f"{path}: {where}"))
         elif rec["split"] in TRAIN_SPLITS:
-            train += raws
+            train += [r for r in raws if r]
     if not test:
-        raise ValueError(f"{path}: no images in split {split!r}")
+        raise MalformedFile(path, "images", f"no images in split {split!r}")
     if len({t.key for t in test}) != len(test):
-        raise ValueError(f"{path}: file names repeat in split {split!r}")
+        raise MalformedFile(path, "images", f"file names repeat in split {split!r}")
     return test, train
 
 
 def in_context_examples(train_captions: list[str], n: int, seed: int) -> list[str]:
     if len(train_captions) < n:
-        raise ValueError(f"{n} in-context examples asked, the training split holds {len(train_captions)} captions")
+        raise ConfigError(f"eval_mm.caption_examples: {n} in-context examples asked, the training split holds "
+                          f"{len(train_captions)} captions")
     return random.Random(seed).sample(train_captions, n)
 
 
@@ -125,7 +137,7 @@ class Captioning:
         images, train = read_karpathy(*self.inputs(cfg))
         in_context_examples(train, cfg.caption_examples, cfg.seed)  # enough training captions
         require_java()
-        return (images, train), [i.path for i in images]
+        return (images, train), {i.path: i.asked for i in images}
 
     def evaluate(self, ask, data: tuple[list[CaptionImage], list[str]], cfg) -> dict[str, float]:
         import mlflow

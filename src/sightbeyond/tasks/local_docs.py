@@ -15,15 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sightbeyond.io import first_undecodable, undecodable
+from sightbeyond.io import MalformedFile, first_undecodable, undecodable
 
 if TYPE_CHECKING:
     import datasets
-
-
-class MalformedFile(ValueError):
-    def __init__(self, path: Path, where: str, reason: str):
-        super().__init__(f"{path}: {where}: {reason}")
 
 
 def read(reader: str, files: dict[str, Path], dataset_name: str | None, **_metadata) -> datasets.DatasetDict:
@@ -98,6 +93,10 @@ def _truthfulqa(path: Path) -> Iterator[dict[str, str]]:
         empty = [c for c in _TRUTHFULQA[2:6] if not row[c].strip()]
         if empty:
             raise MalformedFile(path, f"row {n}", f"empty {empty[0]!r}")
+        for column in ("Correct Answers", "Incorrect Answers"):
+            # e.g. only ';': mc would get a question with one choice (always right), gen nothing to score against
+            if not _sentences(row[column]):
+                raise MalformedFile(path, f"row {n}", f"{column!r} holds no answer: {row[column]!r}")
         yield row | {"_row": n}
 
 
@@ -119,9 +118,6 @@ def truthfulqa_mc(path: Path, _: str | None) -> list[dict[str, Any]]:
     docs = []
     for row in _truthfulqa(path):
         correct, incorrect = _sentences(row["Correct Answers"]), _sentences(row["Incorrect Answers"])
-        for column, answers in (("Correct Answers", correct), ("Incorrect Answers", incorrect)):
-            if not answers:  # e.g. only ';': a question with one choice, always right
-                raise MalformedFile(path, f"row {row['_row']}", f"{column!r} holds no answer: {row[column]!r}")
         docs.append({
             "question": row["Question"],
             "mc1_targets": {"choices": [_sentence(row["Best Answer"]), *incorrect], "labels": [1] + [0] * len(incorrect)},

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sightbeyond.io import MalformedFile, undecodable
 from sightbeyond.tasks.predictions import qa_conversation
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
@@ -24,6 +25,7 @@ class Question:
     path: Path
     question: str
     truth: str          # "Yes" | "No", as the release writes it
+    asked: str = ""     # the file and line that ask it
 
 
 def read_mme(root: Path, subtasks: list[str]) -> list[Question]:
@@ -41,14 +43,17 @@ def read_mme(root: Path, subtasks: list[str]) -> list[Question]:
             image = next((image_dir / (text.stem + s) for s in IMAGE_SUFFIXES if (image_dir / (text.stem + s)).is_file()), None)
             if image is None:
                 raise FileNotFoundError(f"{text}: no image {text.stem}.jpg/.png in {image_dir}")
-            lines = [line.strip() for line in text.read_text(encoding="utf-8").splitlines() if line.strip()]
+            content = text.read_text(encoding="utf-8", errors="surrogateescape")
+            if reason := undecodable(content):
+                raise MalformedFile(text, "text", reason)
+            lines = [(n, line.strip()) for n, line in enumerate(content.splitlines(), 1) if line.strip()]
             if len(lines) != 2:
-                raise ValueError(f"{text}: MME asks two questions per image, found {len(lines)}")
-            for n, line in enumerate(lines, 1):
+                raise MalformedFile(text, "file", f"MME asks two questions per image, found {len(lines)}")
+            for n, line in lines:
                 fields = line.split("\t")
-                if len(fields) != 2 or fields[1].lower() not in ("yes", "no"):
-                    raise ValueError(f"{text}: line {n}: expected 'question<TAB>Yes|No', got {line!r}")
-                questions.append(Question(subtask, image.name, image, fields[0], fields[1]))
+                if len(fields) != 2 or fields[1].strip().lower() not in ("yes", "no"):
+                    raise MalformedFile(text, f"line {n}", f"expected 'question<TAB>Yes|No', got {line[:200]!r}")
+                questions.append(Question(subtask, image.name, image, fields[0], fields[1].strip(), f"{text}: line {n}"))
     return questions
 
 
@@ -121,9 +126,9 @@ def inputs(cfg) -> list[Path]:
     return [cfg.mme_dir]
 
 
-def read(cfg) -> tuple[list[Question], list[Path]]:
+def read(cfg) -> tuple[list[Question], dict[Path, str]]:
     questions = read_mme(cfg.mme_dir, [t for t in PERCEPTION + COGNITION if t not in cfg.mme_exclude])
-    return questions, [q.path for q in questions]
+    return questions, {q.path: q.asked for q in questions}
 
 
 def evaluate(ask, questions: list[Question], cfg) -> dict[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sightbeyond.io import MalformedFile, undecodable
 from sightbeyond.tasks.predictions import answers_in_order, qa_conversation
 from sightbeyond.tasks.reliance import derangement
 
@@ -60,16 +61,22 @@ def score_pope(questions: list[dict], predictions: list[dict]) -> dict[str, floa
 
 def read_pope(path: Path) -> list[dict]:
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        if reason := undecodable(line):
+            raise MalformedFile(path, f"line {n}", reason)
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {n}: unparsable JSON ({err.msg})") from None
-        if not {"question_id", "image", "text", "label"} <= row.keys() or row["label"] not in ("yes", "no"):
-            raise ValueError(f"{path}: line {n}: expected question_id, image, text and a yes/no label, got {row}")
-        rows.append(row)
+            raise MalformedFile(path, f"line {n}", f"unparsable JSON ({err.msg})") from None
+        if (not isinstance(row, dict) or not {"question_id", "image", "text", "label"} <= row.keys()
+                or row["label"] not in ("yes", "no") or not isinstance(row["image"], str) or not isinstance(row["text"], str)):
+            raise MalformedFile(path, f"line {n}", f"expected question_id, image and text and a yes/no label, got {line[:200]}")
+        rows.append(row | {"_line": n})
+    if not rows:
+        raise MalformedFile(path, "line 1", "no questions")
     return rows
 
 
@@ -78,12 +85,15 @@ def inputs(cfg) -> list[Path]:
     return [cfg.pope_dir, cfg.pope_images]
 
 
-def read(cfg) -> tuple[dict[str, list[dict]], list[Path]]:
-    splits = {split: read_pope(cfg.pope_dir / f"coco_pope_{split}.json") for split in cfg.splits}
-    for rows in splits.values():
-        for row in rows:
+def read(cfg) -> tuple[dict[str, list[dict]], dict[Path, str]]:
+    splits, asked = {}, {}
+    for split in cfg.splits:
+        file = cfg.pope_dir / f"coco_pope_{split}.json"
+        splits[split] = read_pope(file)
+        for row in splits[split]:
             row["path"] = cfg.pope_images / row["image"]
-    return splits, [row["path"] for rows in splits.values() for row in rows]
+            asked.setdefault(row["path"], f"{file}: line {row['_line']}")
+    return splits, asked
 
 
 def deranged_images(paths: list[Path], seed: int) -> list[Path]:

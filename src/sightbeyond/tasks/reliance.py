@@ -119,14 +119,14 @@ class Family:
     def inputs(self, cfg) -> list[Path]:
         return [self.split]
 
-    def read(self, cfg) -> tuple[list[dict], list[Path]]:
+    def read(self, cfg) -> tuple[list[dict], dict[Path, str]]:
         from datasets import load_from_disk
 
         splits = load_from_disk(str(self.split), keep_in_memory=True)
         if HELDOUT not in splits or len(splits[HELDOUT]) < 2:
             raise FileNotFoundError(f"{self.split}: no held-out records to measure image reliance on (prepare.heldout "
                                     "is 0 or 1); drop `reliance` from eval_mm.benchmarks or hold some out")
-        return list(splits[HELDOUT]), []  # its images are in the dataset
+        return list(splits[HELDOUT]), {}  # its images are in the dataset, checked by `prepare`
 
     def evaluate(self, ask, rows: list[dict], cfg) -> dict[str, float]:
         import mlflow

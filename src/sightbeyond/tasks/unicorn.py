@@ -13,6 +13,7 @@ import re
 import warnings
 from pathlib import Path
 
+from sightbeyond.io import MalformedFile
 from sightbeyond.tasks.predictions import answers_in_order, qa_conversation
 
 OODCV_SITUATIONS = ("iid", "occlusion", "context", "pose", "shape", "texture", "weather")
@@ -29,35 +30,41 @@ _PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # sic: a lookahead for "<=digit", n
 
 def _read(path: Path, required: set[str]) -> list[dict]:
     try:
-        items = json.loads(path.read_text())
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise MalformedFile(path, "text", f"not UTF-8 ({err.reason} at byte {err.start})") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: unparsable JSON ({err.msg})") from None
+        raise MalformedFile(path, f"line {err.lineno}", f"unparsable JSON ({err.msg})") from None
     if not isinstance(items, list) or not items:
-        raise ValueError(f"{path}: expected a non-empty JSON list of questions")
+        raise MalformedFile(path, "top level", "expected a non-empty JSON list of questions")
     for n, item in enumerate(items):
         if not isinstance(item, dict) or not required <= item.keys():
-            raise ValueError(f"{path}: question {n}: expected keys {sorted(required)}, got {item}")
-        item["path"] = path.parent / item["image"]
+            raise MalformedFile(path, f"question {n}", f"expected keys {sorted(required)}, got {str(item)[:200]}")
+        if not isinstance(item["image"], str) or not isinstance(item["question"], str):
+            raise MalformedFile(path, f"question {n}", "image and question must be text")
+        item["path"], item["asked"] = path.parent / item["image"], f"{path}: question {n}"
     return items
 
 
 def read_oodcv(root: Path) -> list[dict]:
     """Questions with `text_answer` (what is scored), `situation` (the OOD kind) and, unused here, `answer`/`options`."""
-    items = _read(Path(root) / "oodcv-vqa" / "oodcv-vqa.json", {"image", "question", "text_answer", "situation"})
+    path = Path(root) / "oodcv-vqa" / "oodcv-vqa.json"
+    items = _read(path, {"image", "question", "text_answer", "situation"})
     for n, item in enumerate(items):
         if item["text_answer"] not in OODCV_ACCEPTED:
-            raise ValueError(f"OODCV-VQA question {n}: text_answer {item['text_answer']!r} is not one the official scorer "
-                             f"handles ({list(OODCV_ACCEPTED)})")
+            raise MalformedFile(path, f"question {n}", f"text_answer {item['text_answer']!r} is not one the official "
+                                f"scorer handles ({list(OODCV_ACCEPTED)})")
         if item["situation"] not in OODCV_SITUATIONS:
-            raise ValueError(f"OODCV-VQA question {n}: situation {item['situation']!r} not in {OODCV_SITUATIONS}")
+            raise MalformedFile(path, f"question {n}", f"situation {item['situation']!r} not in {OODCV_SITUATIONS}")
     return items
 
 
 def read_sketchy(root: Path) -> list[dict]:
-    items = _read(Path(root) / "sketchy-vqa" / "sketchy-vqa.json", {"image", "question", "answer"})
+    path = Path(root) / "sketchy-vqa" / "sketchy-vqa.json"
+    items = _read(path, {"image", "question", "answer"})
     for n, item in enumerate(items):
         if item["answer"] not in ("Yes", "No"):  # the official scorer would read anything but "No" as yes
-            raise ValueError(f"Sketchy-VQA question {n}: answer {item['answer']!r} is not 'Yes' or 'No'")
+            raise MalformedFile(path, f"question {n}", f"answer {item['answer']!r} is not 'Yes' or 'No'")
     return items
 
 
@@ -118,9 +125,9 @@ def inputs(cfg) -> list[Path]:
     return [cfg.unicorn_dir]
 
 
-def read(cfg) -> tuple[dict[str, list[dict]], list[Path]]:
+def read(cfg) -> tuple[dict[str, list[dict]], dict[Path, str]]:
     tasks = {"oodcv": read_oodcv(cfg.unicorn_dir), "sketch": read_sketchy(cfg.unicorn_dir)}
-    return tasks, [item["path"] for items in tasks.values() for item in items]
+    return tasks, {item["path"]: item["asked"] for items in tasks.values() for item in items}
 
 
 def evaluate(ask, tasks: dict[str, list[dict]], cfg) -> dict[str, float]:
