@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from sightbeyond.config import Params, load_params
 from sightbeyond.tasks import mme
@@ -319,16 +320,28 @@ def test_an_ad_hoc_evaluation_changes_neither_the_tracked_results_nor_the_report
     tracked = root / "results/eval_nlp/tiny-base.json"
     before = tracked.read_text()
     assert main(["-S", "eval_nlp.limit=1", "eval_nlp", "--model", "base"]) == 0
-    assert tracked.read_text() == before and (root / "results/adhoc/eval_nlp/tiny-base.json").is_file()
+    assert tracked.read_text() == before
+    # ad-hoc results are named by their settings: another ad-hoc run keeps the first one's file
+    limit_1 = list((root / "results/adhoc/eval_nlp").glob("tiny-base-*.json"))
+    assert len(limit_1) == 1
+    assert main(["-S", "eval_nlp.limit=2", "eval_nlp", "--model", "base"]) == 0
+    assert len(list((root / "results/adhoc/eval_nlp").glob("tiny-base-*.json"))) == 2 and limit_1[0].is_file()
+    assert len(list((root / "predictions/adhoc/eval_nlp").glob("tiny-base-*"))) == 2
+    # a backbone given as a directory: ad hoc, left out, named without the path of this machine
+    llm = Path(yaml.safe_load((root / "params.yaml").read_text())["backbones"]["tiny"]["llm"])
+    assert main(["-S", f"backbone={llm}", "eval_nlp", "--model", "base"]) == 0
     assert main(["report"]) == 0
     import mlflow
 
-    pipeline, ad_hoc = mlflow.search_runs(experiment_names=["sight-beyond-text"], filter_string="tags.stage = 'eval_nlp'",
-                                          order_by=["attributes.start_time ASC"], output_format="list")
+    pipeline, ad_hoc, _, directory = mlflow.search_runs(
+        experiment_names=["sight-beyond-text"], filter_string="tags.stage = 'eval_nlp'",
+        order_by=["attributes.start_time ASC"], output_format="list")
     assert ad_hoc.data.tags["ad_hoc"] == "true" and "ad_hoc" not in pipeline.data.tags
     read, left_out = (root / "reports/README.md").read_text().split("## Runs left out")
-    assert pipeline.info.run_id in read and ad_hoc.info.run_id not in read
+    assert pipeline.info.run_id in read and ad_hoc.info.run_id not in read and directory.info.run_id not in read
     assert f"`tiny/base` run {ad_hoc.info.run_id}: measured otherwise" in left_out and "eval_limit 1 not None" in left_out
+    assert f"`llm (a local directory)/base` run {directory.info.run_id}: ad hoc" in left_out
+    assert str(llm.parent) not in (root / "reports/README.md").read_text()
 
 
 def test_entries_say_why_they_have_no_delta_and_keep_a_small_gap_readable():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sightbeyond import layout
 from sightbeyond.config import ConfigError
@@ -40,6 +41,14 @@ class Cell(layout.Cell):
         name = (f"{self.backbone}/{'stage1' if self.stage == 'stage1' else 'base'}" if self.tuning == NONE
                 else f"{self.backbone}/{self.tuning}-{self.modality}/{self.data}")
         return f"{name}@{self.run[:8]}" if self.run else name
+
+    @property
+    def shown(self) -> str:
+        """The label as a tracked file may print it: a backbone given as a local directory by its folder's name, not
+        the path of somebody's machine."""
+        if not self.backbone.startswith(("/", ".", "~")):
+            return self.label
+        return self.label.replace(self.backbone, f"{Path(self.backbone).name} (a local directory)", 1)
 
     @classmethod
     def parse(cls, text: str, stage: str, data: str = "full") -> Cell:
@@ -174,8 +183,11 @@ def latest(experiment: str, *, git_commit: str | None = None, dvc_exp: str | Non
         tags = run.data.tags  # a run from before a tag existed is not held to it
         if measured and cell.stage == "eval_nlp" and (
                 differ := [k for k, v in measured.items() if k in tags and tags[k] != v]):
-            left_out.append(f"`{cell.label}` run {run.info.run_id}: measured otherwise than params.yaml says ("
+            left_out.append(f"`{cell.shown}` run {run.info.run_id}: measured otherwise than params.yaml says ("
                             + ", ".join(f"{k} {tags[k]} not {measured[k]}" for k in differ) + ")")
+            continue
+        if tags.get("ad_hoc") == "true":  # run with `-S` settings: not the pipeline's cell, whatever it measured
+            left_out.append(f"`{cell.shown}` run {run.info.run_id}: ad hoc (`-S` settings, not params.yaml's)")
             continue
         seen.add((cell, run.data.tags.get("family")))
         found = cells.setdefault(cell, CellRuns(cell))
