@@ -33,6 +33,15 @@ def history(root) -> dict[str, list[tuple[int, float]]]:
     return {key: sorted((m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, key)) for key in keys}
 
 
+def timing(root) -> dict[str, float]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    [experiment] = [e for e in client.search_experiments() if e.name != "Default"]
+    [run] = client.search_runs([experiment.experiment_id])
+    return {key: run.data.metrics[key] for key in TIMING}
+
+
 def logged(root, key: str, step: int) -> bool:
     import sqlite3
 
@@ -65,10 +74,14 @@ def test_a_killed_run_resumes_into_the_same_run_and_ends_as_an_uninterrupted_one
     killed = tiny_project("killed", **SETTINGS)
     proc = run_cli(killed, *STAGE2, wait=False)
     work = killed / "checkpoints/tiny/full-lora-text"
-    deadline = time.monotonic() + 300
+    deadline, checkpoint_5 = time.monotonic() + 300, None
     while not KILL_WHEN[when](killed, work):
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        if checkpoint_5 is None and (work / "checkpoint-5/trainer_state.json").exists():
+            checkpoint_5 = time.monotonic()
         time.sleep(0.02)
+    # the resumed run keeps at least the training from checkpoint 5 to 10 (the kill falls at or past checkpoint 10)
+    trained_before_kill = time.monotonic() - checkpoint_5 if when == "after checkpoint 10" and checkpoint_5 else 0.0
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -83,6 +96,11 @@ def test_a_killed_run_resumes_into_the_same_run_and_ends_as_an_uninterrupted_one
         # the same steps as often (`epoch` comes with the last step's log and with the final summary)
         assert [s for s, _ in got[key]] == [s for s, _ in expected[key]], f"{key}: a step missing or logged twice"
         assert [v for _, v in got[key]] == pytest.approx([v for _, v in expected[key]], abs=1e-4)
+    # the timings cover the whole run (every segment's training up to the checkpoint resumed from), not the last
+    # segment alone: its rate times its runtime is every step, and the killed attempt's time is in the runtime
+    steps, clock = got["train_loss"][-1][0], timing(killed)
+    assert clock["train_runtime"] * clock["train_steps_per_second"] == pytest.approx(steps, rel=0.02)
+    assert clock["train_runtime"] >= trained_before_kill
     final, reference = adapter(killed), UNINTERRUPTED["adapter"]
     assert final.keys() == reference.keys()
     for name in reference:

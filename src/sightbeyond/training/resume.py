@@ -13,11 +13,13 @@ import hashlib
 import json
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers.integrations import MLflowCallback
+from transformers.trainer_callback import ExportableState
 
 from sightbeyond.config import Params
 from sightbeyond.io import is_main_process, write_json
@@ -97,10 +99,13 @@ def resumable_run(stage: str, params: Params, *, trainer_dir: Path, fingerprint:
         shutil.rmtree(trainer_dir, ignore_errors=True)
 
 
-class ResumableMLflowCallback(MLflowCallback):
+class ResumableMLflowCallback(MLflowCallback, ExportableState):
     """transformers' MLflow logging of the training metrics into the stage's run, made exact across a kill: a
     resumed run logs no (metric, step) the killed attempt already logged, and its `num_tokens` and `train_loss` are
-    an uninterrupted run's (TRL's token count and the Trainer's loss total restart from zero on resume).
+    an uninterrupted run's (TRL's token count and the Trainer's loss total restart from zero on resume); so are
+    `train_runtime` and the `train_*_per_second` rates, over the training time of every segment up to the checkpoint
+    the next one resumed from (the Trainer times only its own call). That time travels in the checkpoint's
+    trainer_state.json (ExportableState), written with the checkpoint it belongs to.
 
     Its `setup` would log every TrainingArguments field and the whole model config as params (about 200, which bury
     the few a person compares in the UI); the stage's run already holds those, and the model config goes in once as
@@ -110,6 +115,11 @@ class ResumableMLflowCallback(MLflowCallback):
         super().__init__()
         self.logged = logged or {}
         self.start_step, self.loss_before, self.tokens_before = 0, 0.0, 0
+        self.seconds_before, self.segment_start = 0.0, time.time()
+
+    def state(self) -> dict:
+        # not restored by the Trainer (restore_callback_states_from_checkpoint stays off): read back in on_train_begin
+        return {"args": {}, "attributes": {"train_seconds": self.seconds_before + time.time() - self.segment_start}}
 
     def setup(self, args, state, model):
         self._async_log = False  # each step's metrics are stored before the step is counted as logged
@@ -121,6 +131,10 @@ class ResumableMLflowCallback(MLflowCallback):
         super().on_train_begin(args, state, control, model=model, **kwargs)
         # a resumed state holds the killed attempt's logs up to its checkpoint (on a logging step: sft_config)
         self.start_step, previous = state.global_step, 0
+        saved = state.stateful_callbacks.get(type(self).__name__) or {}
+        self.seconds_before = (saved[-1] if isinstance(saved, list) else saved).get("attributes", {}).get("train_seconds", 0.0) \
+            if self.start_step else 0.0
+        self.segment_start = time.time()
         for entry in (e for e in state.log_history if "loss" in e and e["step"] <= state.global_step):
             self.loss_before += entry["loss"] * (entry["step"] - previous)
             previous = entry["step"]
@@ -133,6 +147,13 @@ class ResumableMLflowCallback(MLflowCallback):
             if "train_loss" in logs:
                 logs["train_loss"] = (logs["train_loss"] * (state.global_step - self.start_step) + self.loss_before) \
                     / max(state.global_step, 1)
+            if "train_runtime" in logs and self.seconds_before:
+                segment, whole = logs["train_runtime"], logs["train_runtime"] + self.seconds_before
+                share = state.global_step / max(state.global_step - self.start_step, 1)  # whole run's work / this call's
+                logs["train_runtime"] = round(whole, 4)
+                for rate in ("train_samples_per_second", "train_steps_per_second"):
+                    if rate in logs:
+                        logs[rate] = round(logs[rate] * segment / whole * share, 3)
         new = {key: value for key, value in logs.items() if state.global_step > self.logged.get(key, -1)}
         if new:
             super().on_log(args, state, control, new, model=model, **kwargs)
