@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from sightbeyond.config import Modality, Params, Tuning
-from sightbeyond.io import atomic_dir
+from sightbeyond.io import atomic_dir, check_writable
 from sightbeyond.layout import SELECTION, Cell
 from sightbeyond.model.llava import language_model_view, load_tuned, tuned_dir
 from sightbeyond.tracking.runs import logged_model
@@ -13,6 +13,7 @@ from sightbeyond.tracking.runs import logged_model
 
 def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     cell = Cell.of(params, tuning, modality)
+    check_writable(cell.extracted_dir.parent)
     model, processing = load_tuned(params, tuning, modality)
     llm = language_model_view(model) if modality == "image" else model
     tokenizer = processing.tokenizer if modality == "image" else processing

@@ -12,7 +12,7 @@ from trl import SFTTrainer
 
 from sightbeyond.config import Params
 from sightbeyond.data.prepare import HELDOUT, load_prepared
-from sightbeyond.io import atomic_dir, is_main_process
+from sightbeyond.io import atomic_dir, check_writable, is_main_process
 from sightbeyond.layout import BACKBONES, Cell, split_dir
 from sightbeyond.model.llava import build_llava, load_processor, save_projector, scale_projector_to_text
 from sightbeyond.training.common import check_launch, sft_config
@@ -29,6 +29,7 @@ def run(params: Params) -> None:
     # Training arguments: SFTConfig, built (and so checked) before the model loads
     check_launch(hparams, f"presets.{params.preset_name}.stage1")
     work, inputs = cell.trainer_dir("stage1"), [split_dir("stage1")]
+    check_writable(work.parent, cell.stage1_dir.parent)  # before the model loads
     args = sft_config(work, hparams, learning_rate=hparams.learning_rate, save_steps=params.stage1.save_steps,
                       where=f"presets.{params.preset_name}.stage1")
 

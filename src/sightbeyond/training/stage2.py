@@ -14,7 +14,7 @@ from trl import SFTTrainer
 
 from sightbeyond.config import Modality, Params, Tuning
 from sightbeyond.data.prepare import HELDOUT, load_prepared
-from sightbeyond.io import atomic_dir, is_main_process
+from sightbeyond.io import atomic_dir, check_writable, is_main_process
 from sightbeyond.layout import BACKBONES, Cell, split_dir
 from sightbeyond.model.llava import build_llava, load_llm, load_processor, load_tokenizer
 from sightbeyond.tracking.runs import logged_model
@@ -51,6 +51,7 @@ def run(params: Params, tuning: Tuning, modality: Modality) -> None:
     tokenizer = getattr(processing, "tokenizer", processing)
     # the step-wise tasks, metric and benchmark files are checked here, before the model loads or a run starts
     stepwise = StepwiseEvalCallback.from_params(params, tokenizer) if cfg.stepwise_tasks else None
+    check_writable(work.parent, cell.stage2_dir.parent)
 
     # Model: seeded before it is built, not only by the Trainer after: the projector's initialisation, LoRA's and
     # the new token rows of a hub LLM's embeddings are drawn before the Trainer exists
