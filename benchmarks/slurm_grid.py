@@ -46,14 +46,15 @@ def wait(job: str) -> None:
         time.sleep(5)
 
 
-def sacct(job: str) -> list[dict]:
-    out = sh("sacct", "-n", "-P", "-X", "-j", job, "-o", "JobID,State,Start,End")
-    rows = [dict(zip(("id", "state", "start", "end"), line.split("|"))) for line in out.splitlines() if line]
-    return rows
+def records(job: str) -> list[dict]:
+    """Each task's record as the controller keeps it (no accounting database here, so no sacct; scripts/slurm/cluster
+    keeps ended jobs an hour): JobState, StartTime, EndTime, Restarts, ArrayTaskId."""
+    out = sh("scontrol", "show", "job", "-o", job)
+    return [dict(f.split("=", 1) for f in line.split() if "=" in f) for line in out.splitlines() if line.strip()]
 
 
 def seconds(row: dict) -> float:
-    return (datetime.fromisoformat(row["end"]) - datetime.fromisoformat(row["start"])).total_seconds()
+    return (datetime.fromisoformat(row["EndTime"]) - datetime.fromisoformat(row["StartTime"])).total_seconds()
 
 
 def grid(project: Path, uri: str, parallel: int) -> dict:
@@ -63,17 +64,17 @@ def grid(project: Path, uri: str, parallel: int) -> dict:
                     .split()[1::2]))
     for job in jobs.values():
         wait(job)
-    states = {name: [r["state"] for r in sacct(job)] for name, job in jobs.items()}
+    states = {name: [r["JobState"] for r in records(job)] for name, job in jobs.items()}
     if any(state != "COMPLETED" for rows in states.values() for state in rows):
         logs = "".join(p.read_text()[-1500:] for p in sorted((project / "logs/slurm").glob("*.out")))
         raise SystemExit(f"jobs did not complete: {states}\n{logs}")
-    cells = {CELLS[int(r["id"].split("_")[1])]: r for r in sacct(jobs["cells"])}
-    start = min(datetime.fromisoformat(r["start"]) for r in cells.values())
-    end = max(datetime.fromisoformat(r["end"]) for r in cells.values())
+    cells = {CELLS[int(r["ArrayTaskId"])]: r for r in records(jobs["cells"])}
+    start = min(datetime.fromisoformat(r["StartTime"]) for r in cells.values())
+    end = max(datetime.fromisoformat(r["EndTime"]) for r in cells.values())
     results = {cell: {stage: json.loads((project / f".cells/tiny-{cell}/results/{stage}/tiny-full-{cell}.json").read_text())
                       for stage in ("eval_nlp", "eval_mm")} for cell in cells}
     return {"cells_s": {c: seconds(r) for c, r in cells.items()}, "array_s": (end - start).total_seconds(),
-            "inputs_s": seconds(sacct(jobs["inputs"])[0]), "results": results}
+            "inputs_s": seconds(records(jobs["inputs"])[0]), "results": results}
 
 
 def runs(uri: str) -> dict[str, dict]:

@@ -30,6 +30,7 @@ def test_two_cells_through_sbatch_and_a_requeued_cell_resumes_into_its_run(tmp_p
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from mlflow import MlflowClient
+    from slurm_grid import records
     from tracking_concurrency import TrackingServer
 
     clone = tmp_path / "clone"
@@ -64,7 +65,7 @@ def test_two_cells_through_sbatch_and_a_requeued_cell_resumes_into_its_run(tmp_p
         while any(sh("squeue", "-h", "-j", job).strip() for job in jobs.values()):
             assert time.monotonic() < deadline, sh("squeue")
             time.sleep(3)
-        states = {name: sh("sacct", "-n", "-P", "-X", "-j", job, "-o", "State").split() for name, job in jobs.items()}
+        states = {name: [r["JobState"] for r in records(job)] for name, job in jobs.items()}
         logs = "".join(p.read_text() for p in (clone / "logs/slurm").glob("*.out"))
         assert all(s == "COMPLETED" for rows in states.values() for s in rows), f"{states}\n{logs[-4000:]}"
         assert "lora-text on" in logs and "attempt 2" in logs  # the requeued task ran again
