@@ -86,17 +86,28 @@ class SharedPrefixScorer:
             for prefix, members in _clusters(sorted(contexts), min_prefix)
         ]
 
+    def forwards(self, rank: int, world_size: int) -> list[list[_Chunk]]:
+        """Per cluster, the chunks process `rank` scores: every `world_size`-th chunk from its `rank` on."""
+        numbered = itertools.count()  # chunks numbered across clusters, in order
+        return [[chunk for chunk in cluster.chunks if next(numbered) % world_size == rank] for cluster in self.clusters]
+
+    def n_forwards(self, rank: int, world_size: int) -> int:
+        """The model calls process `rank` makes: one per chunk, and one per shared prefix it needs."""
+        return sum(len(mine) + (bool(mine) and cluster.prefix is not None)
+                   for cluster, mine in zip(self.clusters, self.forwards(rank, world_size)))
+
     @torch.no_grad()
-    def score(self, model, rank: int = 0, world_size: int = 1) -> dict[int, tuple[float, bool]]:
+    def score(self, model, rank: int = 0, world_size: int = 1, same_calls: bool = False) -> dict[int, tuple[float, bool]]:
         """(log-likelihood, is-greedy) per request for the model's current weights, in its current mode (the
         caller puts it in eval mode, as HFLM does). With several processes each scores every `world_size`-th chunk
-        from its `rank` on: the requests of those chunks."""
+        from its `rank` on: the requests of those chunks. `same_calls` (a model sharded with FSDP2, whose every
+        forward all-gathers each layer's parameters across the processes): every process makes as many forward
+        calls as the busiest one, the rest on a one-token input whose output is dropped, so the collectives pair up."""
         from transformers import DynamicCache
 
         device = model.device
         scores: dict[int, tuple[float, bool]] = {}
-        numbered = itertools.count()  # chunks numbered across clusters, in order
-        mine_of = [[chunk for chunk in cluster.chunks if next(numbered) % world_size == rank] for cluster in self.clusters]
+        mine_of = self.forwards(rank, world_size)
         bar = tqdm(total=sum(len(chunk.requests) for mine in mine_of for chunk in mine), unit=" requests",
                    desc="loglikelihood (shared prefixes)", mininterval=2, disable=rank != 0)
         for cluster, mine in zip(self.clusters, mine_of):
@@ -129,6 +140,10 @@ class SharedPrefixScorer:
                 scores.update((r, (lp, m == 0)) for r, lp, m in zip(chunk.requests, logprob.tolist(), missed.tolist()))
                 bar.update(len(chunk.requests))
         bar.close()
+        if same_calls:
+            busiest = max(self.n_forwards(r, world_size) for r in range(world_size))
+            for _ in range(busiest - self.n_forwards(rank, world_size)):
+                model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), logits_to_keep=1)
         return scores
 
 
@@ -312,12 +327,13 @@ class StepwiseEvaluator:
     def run(self) -> StepwiseResult:
         """The tasks' metrics and per-document results for the model's current weights (in its current mode: the
         caller puts it in eval mode, as HFLM does). In a distributed run every process must call it: each scores its
-        share of the requests (every process holds the whole model under DDP), and all get every score."""
+        share of the requests (every process holds the whole model under DDP; under FSDP2 each forward gathers it), and
+        all get every score."""
         from accelerate import PartialState
         from accelerate.utils import gather_object
 
         state = PartialState()
-        scores = self.scorer.score(self.model, state.process_index, state.num_processes)
+        scores = self.scorer.score(self.model, state.process_index, state.num_processes, same_calls=fsdp2_sharded(self.model))
         if state.num_processes > 1:
             scores = {r: score for part in gather_object([scores]) for r, score in part.items()}
         docs = {task.name: [DocResult(doc_id, [scores[r][0] for r in requests], [scores[r][1] for r in requests],
@@ -332,6 +348,14 @@ class StepwiseEvaluator:
         for group in self.groups.values():
             results[group.name] = group.aggregate(results)
         return metrics_from_results(results)
+
+
+def fsdp2_sharded(model) -> bool:
+    """Whether any part of `model` is sharded by FSDP2's `fully_shard` (which gathers its parameters in its own
+    forward, so a sharded model scores as a whole one if every process calls it alike)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(module, FSDPModule) for module in model.modules())
 
 
 def _aggregate(task, docs: list[DocResult]) -> dict[str, Any]:

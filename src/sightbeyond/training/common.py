@@ -15,7 +15,7 @@ def accelerate_plugin() -> str | None:
     from accelerate.utils import parse_flag_from_env
 
     if parse_flag_from_env("ACCELERATE_USE_FSDP"):
-        return "FSDP"
+        return "FSDP2" if os.environ.get("FSDP_VERSION") == "2" else "FSDP"
     if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         return f"DeepSpeed ZeRO-{os.environ.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '?')}"
     return None
@@ -26,10 +26,11 @@ def check_launch(hparams: Stage1Hparams | Stage2Hparams, where: str, *, stepwise
     the processes cannot share is sft_config's to refuse)."""
     plugin = accelerate_plugin()
     if stepwise and plugin in ("FSDP", "DeepSpeed ZeRO-3"):
-        # the evaluator runs the LLM outside the trainer's forward, where sharded parameters are never gathered
-        raise ConfigError(f"step-wise evaluation needs every process to hold the whole model; under {plugin} it "
-                          "would hang or score garbage. Run it with DDP or ZeRO-2, or without step-wise evaluation "
-                          "(-S 'stage2.stepwise_tasks=[]')")
+        # the evaluator runs the LLM outside the trainer's forward: FSDP1's flat parameters and ZeRO-3's partitions
+        # are gathered only there (FSDP2's modules gather their own: tasks/stepwise_eval.py scores them sharded)
+        raise ConfigError(f"step-wise evaluation needs every process to hold the whole model, or FSDP2; under {plugin} "
+                          "it would hang or score garbage. Run it with DDP, ZeRO-2 or FSDP2 (fsdp_version: 2), or "
+                          "without step-wise evaluation (-S 'stage2.stepwise_tasks=[]')")
     if plugin and not torch.cuda.is_available():
         # accelerate's AcceleratorState makes CPU processes MULTI_CPU and drops both plugins
         raise ConfigError(f"{plugin} needs CUDA: without it accelerate runs the processes as DDP over gloo and "
