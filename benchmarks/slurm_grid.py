@@ -84,7 +84,9 @@ def runs(uri: str) -> dict[str, dict]:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("sight-beyond-text").experiment_id
     out = {}
-    for run in client.search_runs([experiment], "tags.stage = 'stage2' OR tags.stage = 'eval_nlp' OR tags.stage = 'eval_mm'"):
+    for run in client.search_runs([experiment], max_results=10000):  # MLflow's filters have no OR
+        if run.data.tags.get("stage") not in ("stage2", "eval_nlp", "eval_mm"):
+            continue
         pairs = sum(len(client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics
                     if not key.startswith("system/"))
         out[f"{run.info.run_name}#{run.info.run_id[:6]}"] = {"status": run.info.status, "points": pairs,

@@ -19,8 +19,10 @@ from sightbeyond.data.llava_format import read_llava_file
 from sightbeyond.io import BadInput
 from sightbeyond.tasks import captions, local_docs, mme, pope, unicorn
 
-QUICK = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-LONG = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+# no deadline (a shared machine), no example database written into the checkout
+COMMON = dict(deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+QUICK, LONG = settings(max_examples=30, **COMMON), settings(max_examples=600, **COMMON)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False, width=16) | st.text(max_size=12),
