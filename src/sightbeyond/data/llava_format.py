@@ -61,11 +61,13 @@ class Invalid(ValueError):
 class ReadCounts:
     read: int = 0
     kept: int = 0
-    skipped: Counter = field(default_factory=Counter)
     skipped_ids: dict[str, list[str]] = field(default_factory=dict)  # per reason, the records, to find and fix them
 
+    @property
+    def skipped(self) -> Counter:
+        return Counter({kind: len(ids) for kind, ids in self.skipped_ids.items()})
+
     def skip(self, record_id: str, kind: str) -> None:
-        self.skipped[kind] += 1
         self.skipped_ids.setdefault(kind, []).append(record_id)
 
     def as_dict(self) -> dict:
