@@ -155,6 +155,11 @@ def exclusive(lock_file: Path, what: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            # a holder that has just taken the lock writes its line a moment later: wait for it (2 s at most)
+            for _ in range(40):
+                if _holder(fd, default=""):
+                    break
+                time.sleep(0.05)
             raise Busy(f"{what} is being worked on by {_holder(fd)} (lock {lock_file}); wait for it to end, or stop "
                        "it: a process that dies releases the lock") from None
         if previous := _holder(fd, default=""):
