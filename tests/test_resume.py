@@ -157,3 +157,19 @@ def test_the_resume_fingerprint_follows_what_changes_training(params_for, tmp_pa
     # the backbone's template does: it writes the text stage 2 trains on
     assert fingerprint(params_for(**{"backbones.tiny.template": "v0"}), PARAMS, [tmp_path], tuning="lora",
                        modality="text") != base
+
+
+def test_a_checkpoint_cut_short_is_skipped_and_removed(tmp_path):
+    from sightbeyond.training.resume import last_complete_checkpoint
+
+    for step, complete in ((5, True), (10, True), (15, False)):
+        checkpoint = tmp_path / f"checkpoint-{step}"
+        checkpoint.mkdir()
+        (checkpoint / "model.safetensors").write_bytes(b"weights")
+        if complete:
+            (checkpoint / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-5"]
+    (tmp_path / "checkpoint-5" / "trainer_state.json").unlink()  # older than the last complete one: not the kill's
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert (tmp_path / "checkpoint-5").exists()

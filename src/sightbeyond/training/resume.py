@@ -58,9 +58,16 @@ def fingerprint(params: Params, keys: tuple[str, ...], inputs: list[Path], **wha
 
 def last_complete_checkpoint(trainer_dir: Path) -> str | None:
     """The newest checkpoint whose trainer_state.json exists: the Trainer writes that file last, so a checkpoint cut
-    short by the kill is skipped."""
+    short by the kill is skipped, and removed (a later save of its step would write into it, and until then it
+    looks like a checkpoint to anyone listing the directory)."""
     steps = sorted((int(m[1]), p) for p in trainer_dir.glob("checkpoint-*") if (m := CHECKPOINT.match(p.name)))
-    return next((str(p) for _, p in reversed(steps) if (p / "trainer_state.json").is_file()), None)
+    complete = [(step, p) for step, p in steps if (p / "trainer_state.json").is_file()]
+    last = complete[-1][0] if complete else -1
+    for step, cut in steps:
+        if step > last and is_main_process():
+            print(f"removing {cut}: cut short by the kill (no trainer_state.json)")
+            shutil.rmtree(cut, ignore_errors=True)
+    return str(complete[-1][1]) if complete else None
 
 
 def logged_steps(run_id: str) -> dict[str, int]:
