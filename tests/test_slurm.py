@@ -1,6 +1,8 @@
 """Two cells of the grid through sbatch on a real Slurm cluster (scripts/slurm/cluster up makes one of this machine):
-the inputs job, the cells' array with one cell requeued while it trains, the report after both. The requeued cell
-resumes from its checkpoint into the same MLflow run, every (metric, step) once."""
+the inputs job, the cells' array with one cell requeued while it trains, then the node failing under both (slurmd,
+the job steps and everything they run killed at once), the report after both. Nothing the failure cut short is left
+as if complete; Slurm requeues both cells once the node is back, and each resumes from its last complete checkpoint
+into the same MLflow run, every (metric, step) once."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -24,7 +27,30 @@ def slurm_or_skip() -> None:
         pytest.skip("no Slurm controller answers: scripts/slurm/cluster up (as root) starts a one-node cluster")
 
 
-def test_two_cells_through_sbatch_and_a_requeued_cell_resumes_into_its_run(tmp_path):
+def our_cluster() -> str | None:
+    """Why the node may not be failed here, or None: the test kills slurmd, so only on scripts/slurm/cluster's own."""
+    if os.geteuid():
+        return "not root"
+    conf = Path("/etc/slurm/slurm.conf")
+    if not conf.is_file() or "written by sightbeyond's scripts/slurm/cluster" not in conf.read_text():
+        return f"{conf} is not scripts/slurm/cluster's: a real cluster's node is not ours to kill"
+    return None
+
+
+def fail_the_node() -> None:
+    """What a node's power cut does to its processes: slurmd, every job step's slurmstepd and all they run, stopped
+    together and then killed, so that none of them cleans up."""
+    import psutil
+
+    daemons = [p for p in psutil.process_iter(["name"]) if p.info["name"] in ("slurmd", "slurmstepd")]
+    victims = daemons + [child for d in daemons for child in d.children(recursive=True)]
+    for process in victims:
+        process.suspend()
+    for process in victims:
+        process.kill()
+
+
+def test_two_cells_through_sbatch_survive_a_requeue_and_a_node_failure(tmp_path):
     slurm_or_skip()
     import sys
 
@@ -62,6 +88,32 @@ def test_two_cells_through_sbatch_and_a_requeued_cell_resumes_into_its_run(tmp_p
                 "the cell ended before it could be requeued"
             time.sleep(1)
         sh("scontrol", "requeue", f"{jobs['cells']}_1")  # Slurm kills the running task and queues it again
+
+        client = MlflowClient(server.uri)
+        experiment = client.get_experiment_by_name("sight-beyond-text").experiment_id
+        cells = ("lora-image", "lora-text")
+        not_failed = our_cluster()
+        if not_failed is None:
+            checkpoint = clone / ".cells/tiny-lora-image/checkpoints/tiny/full-lora-image/checkpoint-15/trainer_state.json"
+            while not checkpoint.exists():
+                assert time.monotonic() < deadline and sh("squeue", "-h", "-j", jobs["cells"]).strip(), \
+                    "the cell ended before the node could fail under it"
+                time.sleep(1)
+            fail_the_node()
+            while "RUNNING" in sh("squeue", "-h", "-j", jobs["cells"], "-o", "%T"):  # until the controller sees it
+                assert time.monotonic() < deadline, sh("scontrol", "show", "node")
+                time.sleep(2)
+            for cell in cells:  # nothing cut short stands as complete
+                work = clone / f".cells/tiny-{cell}"
+                assert not (work / f"models/tiny/stage2/full/{cell}").exists()
+                assert not subprocess.run(["git", "status", "--porcelain", "results"], cwd=work, capture_output=True,
+                                          text=True, check=True).stdout  # the committed results, untouched
+                [run] = client.search_runs([experiment], f"attributes.run_name = 'stage2-tiny-full-{cell}'")
+                assert run.info.status == "RUNNING"
+            assert "lora" not in sh("git", "for-each-ref", "refs/exps")  # no experiment pushed back
+            restart = subprocess.run([str(ROOT / "scripts/slurm/cluster"), "up"], capture_output=True, text=True)
+            assert restart.returncode == 0, restart.stdout + restart.stderr  # the node is back
+
         while any(sh("squeue", "-h", "-j", job).strip() for job in jobs.values()):
             assert time.monotonic() < deadline, sh("squeue")
             if "DependencyNeverSatisfied" in sh("squeue", "-h", "-j", jobs["report"], "-o", "%r"):
@@ -71,10 +123,10 @@ def test_two_cells_through_sbatch_and_a_requeued_cell_resumes_into_its_run(tmp_p
         logs = "".join(p.read_text() for p in (clone / "logs/slurm").glob("*.out"))
         assert all(s == "COMPLETED" for rows in states.values() for s in rows), f"{states}\n{logs[-4000:]}"
         assert "lora-text on" in logs and "attempt 2" in logs  # the requeued task ran again
-
-        client = MlflowClient(server.uri)
-        experiment = client.get_experiment_by_name("sight-beyond-text").experiment_id
-        for cell in ("lora-image", "lora-text"):
+        if not_failed is None:
+            restarts = {cells[int(r["ArrayTaskId"])]: int(r["Restarts"]) for r in records(jobs["cells"])}
+            assert restarts["lora-image"] >= 1 and restarts["lora-text"] >= 2, restarts  # requeued after the failure
+        for cell in cells:
             [run] = client.search_runs([experiment], f"attributes.run_name = 'stage2-tiny-full-{cell}'")
             assert run.info.status == "FINISHED"
             for key in (k for k in run.data.metrics if not k.startswith("system/") and k != "epoch"):
@@ -82,5 +134,11 @@ def test_two_cells_through_sbatch_and_a_requeued_cell_resumes_into_its_run(tmp_p
                 steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
                 assert len(steps) == len(set(steps)), f"{cell} {key}: a step logged twice"
             assert {m.step for m in client.get_metric_history(run.info.run_id, "loss")} >= {5, 10, 15, 20, 25, 30}
-            assert (clone / f".cells/tiny-{cell}/results/eval_mm/tiny-full-{cell}.json").is_file()
+            for family in ("pope", "mme"):  # its evaluations ran to the end, then the experiment came back
+                [evaluation] = client.search_runs([experiment], f"attributes.run_name = 'eval_mm-tiny-full-{cell}-{family}'")
+                assert evaluation.info.status == "FINISHED"
+            assert f"tiny-{cell}-{jobs['cells']}" in sh("git", "for-each-ref", "refs/exps")
+            assert not (clone / f".cells/tiny-{cell}/checkpoints/tiny/full-{cell}").exists()  # gone once it ended well
         assert (clone / "reports/README.md").is_file()  # the report job ran once both cells had ended well
+    if not_failed is not None:
+        pytest.skip(f"requeue checked; the node failure was not tried: {not_failed}")
