@@ -4,8 +4,10 @@ backbone, stage 1) were computed first, so both variants time the cells alone.
 
     .venv/bin/python benchmarks/dvc_queue.py [--jobs 2]
 
-Prints each variant's wall time (first start to last experiment's end), their ratio, and checks: every queued
-experiment succeeded, every MLflow stage-2 run FINISHED, and each cell's results equal across the variants.
+Each worker's torch gets the machine's cores divided by the workers (OMP_NUM_THREADS, as the Slurm cells get their
+task's CPUs): unpinned, every worker's torch takes every core. Prints each variant's wall time (first start to last
+experiment's end), their ratio, and checks: every queued experiment succeeded, every MLflow stage-2 run FINISHED, and
+each cell's results equal across the variants.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def variant(folder: Path, jobs: int) -> dict:
     env = {**os.environ, "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{folder / f'mlflow-j{jobs}.db'}"}
     env.pop("SIGHTBEYOND_ROOT", None)
+    threads = max(1, os.cpu_count() // jobs)
 
     def sh(*args) -> str:
         done = subprocess.run(args, cwd=clone, env=env, capture_output=True, text=True)
@@ -42,9 +45,18 @@ def variant(folder: Path, jobs: int) -> dict:
         tuning, modality = cell.split("-")
         sh("dvc", "exp", "run", "--queue", "-n", cell, "-S", f"grid.tuning=[{tuning}]", "-S", f"grid.modality=[{modality}]",
            "eval_nlp", "eval_mm")
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))  # the workers inherit them
     start = time.perf_counter()
     sh("dvc", "queue", "start", "-j", str(jobs))
-    while any(state in sh("dvc", "queue", "status") for state in ("Queued", "Running")):
+    restarts, stalled_since = 0, None
+    while any(state in (status := sh("dvc", "queue", "status")) for state in ("Queued", "Running")):
+        stalled = "Running" not in status and "Worker status: 0 active" in status
+        stalled_since = (stalled_since or time.perf_counter()) if stalled else None
+        if stalled and time.perf_counter() - stalled_since > 30:
+            # treeverse/dvc#10562: workers can end or idle with experiments still queued; starting them again goes on
+            print(f"-j {jobs}: experiments queued, none running for 30 s (dvc#10562): dvc queue start again")
+            sh("dvc", "queue", "start", "-j", str(jobs))
+            restarts, stalled_since = restarts + 1, None
         time.sleep(5)
     wall = time.perf_counter() - start
     status = sh("dvc", "queue", "status")
@@ -58,7 +70,7 @@ def variant(folder: Path, jobs: int) -> dict:
 
     db = sqlite3.connect(folder / f"mlflow-j{jobs}.db")
     statuses = [s for (s,) in db.execute("select status from runs where name like 'stage2-%'")]
-    return {"wall_s": wall, "succeeded": status.count("Success"), "stage2_runs": statuses, "results": results}
+    return {"wall_s": wall, "threads": threads, "restarts": restarts, "succeeded": status.count("Success"), "stage2_runs": statuses, "results": results}
 
 
 def main() -> None:
@@ -70,8 +82,14 @@ def main() -> None:
     print(f"dvc queue start -j 1: {one['wall_s']:.0f} s    -j {args.jobs}: {many['wall_s']:.0f} s    "
           f"ratio {one['wall_s'] / many['wall_s']:.2f}x")
     for name, got in (("-j 1", one), (f"-j {args.jobs}", many)):
-        print(f"{name}: {got['succeeded']}/4 experiments succeeded; stage-2 runs {got['stage2_runs']}")
+        print(f"{name} ({got['threads']} torch threads each): {got['succeeded']}/4 experiments succeeded; stage-2 runs {got['stage2_runs']}; "
+              f"workers started again {got['restarts']} times")
     print("results equal across the variants:", one["results"] == many["results"])
+    for cell in CELLS:
+        for stage in ("eval_nlp", "eval_mm"):
+            a, b = one["results"][cell][stage], many["results"][cell][stage]
+            for key in sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)):
+                print(f"    differs: {cell} {stage} {key}: {a.get(key)} (-j 1) {b.get(key)} (-j {args.jobs})")
 
 
 if __name__ == "__main__":
