@@ -98,6 +98,8 @@ def resumable_run(stage: str, params: Params, *, trainer_dir: Path, fingerprint:
     from sightbeyond.tracking.runs import stage_run
 
     resume = find(trainer_dir, fingerprint)
+    if resume.run_id and is_main_process():
+        print(f"{stage}: resuming MLflow run {resume.run_id} from {resume.checkpoint or 'its start (no complete checkpoint)'}")
     with stage_run(stage, params, run_id=resume.run_id, system_metrics=True, **stage_run_args) as run:
         if run is not None:
             write_json(trainer_dir / RUN_FILE, {"fingerprint": fingerprint, "run_id": run.info.run_id})
