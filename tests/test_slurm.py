@@ -140,7 +140,7 @@ def test_two_cells_through_sbatch_survive_a_requeue_and_a_node_failure(tmp_path)
                 steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
                 assert len(steps) == len(set(steps)), f"{cell} {key}: a step logged twice"
             assert {m.step for m in client.get_metric_history(run.info.run_id, "loss")} >= {5, 10, 15, 20, 25, 30}
-            for family in ("pope", "mme"):  # its evaluations ran to the end, then the experiment came back
+            for family in ("pope", "reliance"):  # (every cell's) its evaluations ran to the end, then the experiment came back
                 [evaluation] = client.search_runs([experiment], f"attributes.run_name = 'eval_mm-tiny-full-{cell}-{family}'")
                 assert evaluation.info.status == "FINISHED"
             assert f"tiny-{cell}-{jobs['cells']}" in sh("git", "for-each-ref", "refs/exps")
