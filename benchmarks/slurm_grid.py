@@ -1,11 +1,14 @@
-"""The tiny default's four grid cells through Slurm, 2 at a time against one after another, side by side in one run,
-on a one-node cluster of this machine (scripts/slurm/cluster) and a tracking server on PostgreSQL.
+"""The tiny default's four grid cells through Slurm, 2 at a time, against one sequential `dvc repro`, side by side in
+one run, on a one-node cluster of this machine (scripts/slurm/cluster) and a tracking server on PostgreSQL.
 
     .venv/bin/python benchmarks/slurm_grid.py [--parallel 2] [--keep]
 
-Each variant is a fresh clone submitted with scripts/slurm/submit (inputs, the cells' array, the report). Prints each
-cell's wall time (Slurm's Start/End) and the array's, then checks: every MLflow run FINISHED, each run's (metric, step)
-count equal across the variants, each cell's results equal to the sequential one's. Needs root (apt-get, daemons).
+Each variant is a fresh clone. The sequential one is `dvc repro` as one Slurm job of one CPU (the grid's cells one
+after another); the other is scripts/slurm/submit (inputs, the cells' array, the report). Both give torch one thread
+per process: with another thread count its reductions add in another order and the results move in their last bits
+(measured with benchmarks/dvc_queue.py). Prints each cell's wall time (its MLflow runs' first start to last end) and
+the four cells', then checks: every MLflow run FINISHED, each run's (metric, step) count and each cell's results
+equal to the sequential `dvc repro`'s. Needs root (apt-get, daemons).
 """
 
 from __future__ import annotations
@@ -57,28 +60,47 @@ def seconds(row: dict) -> float:
     return (datetime.fromisoformat(row["EndTime"]) - datetime.fromisoformat(row["StartTime"])).total_seconds()
 
 
-def grid(project: Path, uri: str, parallel: int) -> dict:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{project / '.venv/bin'}:{os.environ['PATH']}"}
-    env.pop("SIGHTBEYOND_ROOT", None)
-    jobs = dict(zip(("inputs", "cells", "report"), sh("scripts/slurm/submit", "tiny", str(parallel), cwd=project, env=env)
-                    .split()[1::2]))
+def finished(project: Path, jobs: dict[str, str]) -> None:
     for job in jobs.values():
         wait(job)
     states = {name: [r["JobState"] for r in records(job)] for name, job in jobs.items()}
     if any(state != "COMPLETED" for rows in states.values() for state in rows):
         logs = "".join(p.read_text()[-1500:] for p in sorted((project / "logs/slurm").glob("*.out")))
         raise SystemExit(f"jobs did not complete: {states}\n{logs}")
-    cells = {CELLS[int(r["ArrayTaskId"])]: r for r in records(jobs["cells"])}
-    start = min(datetime.fromisoformat(r["StartTime"]) for r in cells.values())
-    end = max(datetime.fromisoformat(r["EndTime"]) for r in cells.values())
-    results = {cell: {stage: json.loads((project / f".cells/tiny-{cell}/results/{stage}/tiny-full-{cell}.json").read_text())
-                      for stage in ("eval_nlp", "eval_mm")} for cell in cells}
-    return {"cells_s": {c: seconds(r) for c, r in cells.items()}, "array_s": (end - start).total_seconds(),
-            "inputs_s": seconds(records(jobs["inputs"])[0]), "results": results}
+
+
+def environment(project: Path, uri: str) -> dict:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{project / '.venv/bin'}:{os.environ['PATH']}"}
+    env.pop("SIGHTBEYOND_ROOT", None)
+    return env
+
+
+def results(workspace: Path, cell: str) -> dict:
+    return {stage: json.loads((workspace / f"results/{stage}/tiny-full-{cell}.json").read_text())
+            for stage in ("eval_nlp", "eval_mm")}
+
+
+def repro(project: Path, uri: str) -> dict:
+    """`dvc repro` of the whole default pipeline in one job of one CPU, as the cells' tasks get."""
+    (project / "logs/slurm").mkdir(parents=True)
+    job = sh("sbatch", "--parsable", "--job-name=sightbeyond-repro", "--cpus-per-task=1", "--output=logs/slurm/%x-%j.out",
+             "--export=ALL,OMP_NUM_THREADS=1,MKL_NUM_THREADS=1", "--wrap", "dvc repro", cwd=project,
+             env=environment(project, uri)).strip()
+    finished(project, {"repro": job})
+    return {"job_s": seconds(records(job)[0]), "results": {cell: results(project, cell) for cell in CELLS}}
+
+
+def grid(project: Path, uri: str, parallel: int) -> dict:
+    jobs = dict(zip(("inputs", "cells", "report"), sh("scripts/slurm/submit", "tiny", str(parallel), cwd=project,
+                                                      env=environment(project, uri)).split()[1::2]))
+    finished(project, jobs)
+    tasks = {CELLS[int(r["ArrayTaskId"])]: seconds(r) for r in records(jobs["cells"])}
+    return {"tasks_s": tasks, "inputs_s": seconds(records(jobs["inputs"])[0]),
+            "results": {cell: results(project / f".cells/tiny-{cell}", cell) for cell in tasks}}
 
 
 def runs(uri: str) -> dict[str, dict]:
-    """Per stage run of the cells: status and its (metric, step) count."""
+    """Per stage run of the cells: status, (metric, step) count, start and end (s)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
@@ -89,9 +111,19 @@ def runs(uri: str) -> dict[str, dict]:
             continue
         pairs = sum(len(client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics
                     if not key.startswith("system/"))
-        out[f"{run.info.run_name}#{run.info.run_id[:6]}"] = {"status": run.info.status, "points": pairs,
-                                                              "name": run.info.run_name}
+        out[run.info.run_name] = {"status": run.info.status, "points": pairs, "start": run.info.start_time / 1000,
+                                  "end": (run.info.end_time or run.info.start_time) / 1000}
     return out
+
+
+def spans(found: dict[str, dict]) -> dict[str, float]:
+    """Per cell, its runs' first start to last end; and the four cells' together."""
+    def span(rows):
+        return max(r["end"] for r in rows) - min(r["start"] for r in rows)
+
+    cells = {cell: [r for name, r in found.items() if name.endswith(f"tiny-full-{cell}") or f"tiny-full-{cell}-" in name]
+             for cell in CELLS}
+    return {cell: span(rows) for cell, rows in cells.items()} | {"all four": span([r for rows in cells.values() for r in rows])}
 
 
 def main() -> None:
@@ -102,25 +134,36 @@ def main() -> None:
     sh(str(ROOT / "scripts/slurm/cluster"), "up")
     measured = {}
     with tempfile.TemporaryDirectory(prefix="slurm-grid-") as scratch:
-        for name, parallel in (("one after another", 1), (f"{args.parallel} at a time", args.parallel)):
-            with PostgresCluster() as db, TrackingServer(Path(scratch) / f"server-{parallel}", db.uri) as server:
-                measured[name] = grid(clone(Path(scratch) / f"clone-{parallel}"), server.uri, parallel)
+        for name, run in (("dvc repro", lambda project, uri: repro(project, uri)),
+                          (f"{args.parallel} at a time", lambda project, uri: grid(project, uri, args.parallel))):
+            with PostgresCluster() as db, TrackingServer(Path(scratch) / f"server-{len(measured)}", db.uri) as server:
+                measured[name] = run(clone(Path(scratch) / f"clone-{len(measured)}"), server.uri)
                 measured[name]["runs"] = runs(server.uri)
     if not args.keep:
         sh(str(ROOT / "scripts/slurm/cluster"), "down")
 
     (sequential, seq), (concurrent, con) = measured.items()
-    print(f"{'cell':<12}{sequential:>20}{concurrent:>20}")
-    for cell in CELLS:
-        print(f"{cell:<12}{seq['cells_s'][cell]:>19.0f}s{con['cells_s'][cell]:>19.0f}s")
-    print(f"{'all four':<12}{seq['array_s']:>19.0f}s{con['array_s']:>19.0f}s   ratio {seq['array_s'] / con['array_s']:.2f}x")
-    print(f"{'inputs job':<12}{seq['inputs_s']:>19.0f}s{con['inputs_s']:>19.0f}s")
+    times = {name: spans(got["runs"]) for name, got in measured.items()}
+    print("wall time per cell (its MLflow runs, first start to last end), one CPU per process")
+    print(f"{'cell':<12}{sequential + ', one job':>24}{concurrent + ', array':>24}{'Slurm task':>14}")
+    for cell in (*CELLS, "all four"):
+        task = f"{con['tasks_s'][cell]:>13.0f}s" if cell in CELLS else ""
+        print(f"{cell:<12}{times[sequential][cell]:>23.0f}s{times[concurrent][cell]:>23.0f}s{task}")
+    print(f"ratio (all four) {times[sequential]['all four'] / times[concurrent]['all four']:.2f}x; the `dvc repro` job "
+          f"{seq['job_s']:.0f} s in all, the array's inputs job {con['inputs_s']:.0f} s")
     for name, got in measured.items():
         unfinished = [r for r, v in got["runs"].items() if v["status"] != "FINISHED"]
         print(f"{name}: {len(got['runs'])} runs, unfinished {unfinished or 'none'}")
-    points = {name: sorted((v["name"], v["points"]) for v in got["runs"].values()) for name, got in measured.items()}
-    print("(metric, step) count per run equal:", points[sequential] == points[concurrent])
-    print("results equal to the sequential run's:", seq["results"] == con["results"])
+    points = {name: sorted((run, v["points"]) for run, v in got["runs"].items()) for name, got in measured.items()}
+    print("(metric, step) count per run equal to `dvc repro`'s:", points[sequential] == points[concurrent])
+    for run, count in sorted(set(points[sequential]) ^ set(points[concurrent])):
+        print(f"    differs: {run} {count} ({sequential if (run, count) in points[sequential] else concurrent})")
+    print("results equal to `dvc repro`'s:", seq["results"] == con["results"])
+    for cell in CELLS:
+        for stage, a in seq["results"][cell].items():
+            b = con["results"][cell][stage]
+            for key in sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)):
+                print(f"    differs: {cell} {stage} {key}: {a.get(key)} ({sequential}) {b.get(key)} ({concurrent})")
 
 
 if __name__ == "__main__":
