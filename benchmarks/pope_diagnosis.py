@@ -4,6 +4,10 @@ Linear probes (logistic regression, one per shape, trained on the stage-1 images
 scored on POPE-random's held-out questions, balanced present/absent) on
 - `clip features`: the vision tower's patch features at `model.vision_feature_layer`, what the projector reads;
 - `projector outputs`: the stage-1 projector's image tokens, what the LLM reads (stage 2's for each variant);
+- `answer position, layer L`: the LLM's hidden state where its answer starts (image, then the POPE-style question),
+  one probe per layer for "the asked shape is there", trained on questions about the stage-1 images: whether the
+  LLM carries the image's answer to the position that must say it (if so and its answer does not follow, only the
+  readout is missing);
 and the LLM's own answer, scored by logit(yes) - logit(no) at the answer's first token, as the AUC of present against
 absent objects (0.5 is chance; unlike accuracy it does not depend on where a yes-biased model puts its threshold):
 - `llm reads text`: the base LLM, with a ShapesWorld caption in words where the image goes, then a POPE question;
@@ -96,6 +100,42 @@ def image_features(model, processor, paths: list[Path], batch: int = 100) -> tup
     return torch.cat(clip).numpy(), torch.cat(projected).numpy()
 
 
+@torch.inference_mode()
+def answer_states(model, processor, asked: list[tuple[Path, str]], batch: int = 50) -> np.ndarray:
+    """Per (image, shape) question, the hidden state of every layer at the last prompt token: (questions, layers, hidden)."""
+    states = []
+    for i in range(0, len(asked), batch):
+        chunk = asked[i:i + batch]
+        prompts = [processor.apply_chat_template([{"role": "user", "content": [
+            {"type": "image"}, {"type": "text", "text": f"Is there {sw.article(kind)} {kind} in the image?"}]}],
+            add_generation_prompt=True) for _, kind in chunk]
+        inputs = processor(text=prompts, images=[Image.open(path).convert("RGB") for path, _ in chunk], padding=True,
+                           padding_side="left", return_tensors="pt", add_special_tokens=False)
+        hidden = model(**inputs, output_hidden_states=True).hidden_states
+        states.append(torch.stack([h[:, -1] for h in hidden], 1).float())
+    return torch.cat(states).numpy()
+
+
+def answer_position_aucs(model, processor, pairs, present, rows, images_dir) -> dict[int, float]:
+    """Per layer, the AUC on POPE's questions of a probe trained on two questions per stage-1 image (a shape there
+    and one that is not)."""
+    rng, asked, labels = random.Random(0), [], []
+    for (path, _), there in zip(pairs, present):
+        if there and len(there) < len(sw.SHAPES):
+            for kind, label in ((rng.choice(sorted(there)), True), (rng.choice(sorted(set(sw.SHAPES) - there)), False)):
+                asked.append((path, kind))
+                labels.append(label)
+    train = answer_states(model, processor, asked)
+    pope = [(images_dir / r["image"], re.search(r"Is there an? (\w+)", r["text"])[1]) for r in rows]
+    test, truth = answer_states(model, processor, pope), [r["label"] == "yes" for r in rows]
+    aucs = {}
+    for layer in range(0, train.shape[1], max(1, train.shape[1] // 6)):
+        mean, scale = train[:, layer].mean(0), train[:, layer].std(0) + 1e-6
+        probe = LogisticRegression(max_iter=2000, C=0.1).fit((train[:, layer] - mean) / scale, labels)
+        aucs[layer] = roc_auc_score(truth, probe.decision_function((test[:, layer] - mean) / scale))
+    return aucs
+
+
 def probe_accuracy(train: np.ndarray, present: list[set[str]], test: np.ndarray, questions: list[tuple[int, str, bool]]) -> float:
     """One logistic regression per shape on the training images; accuracy on the (image, shape, present) questions."""
     mean, scale = train.mean(0), train.std(0) + 1e-6
@@ -129,6 +169,8 @@ def main() -> None:
     scores = [s for c in conversations for s in yes_minus_no(language_model_view(model), processor, [c], None)]
     print(f"{'llm reads text':<40} AUC {roc_auc_score(labels, scores):.3f}")
     print(f"{'pope after stage 1':<40} AUC {pope_auc(model, processor, rows, images_dir):.3f}")
+    for layer, auc in answer_position_aucs(model, processor, pairs, present, rows, images_dir).items():
+        print(f"{f'probe: answer position, layer {layer} (stage 1)':<40} AUC {auc:.3f}")
     for tuning in params.grid.tuning:
         if not (path := Cell.of(params, tuning, "image").stage2_dir).is_dir():
             print(f"pope after stage 2 {tuning}-image: no model at {path}")
@@ -138,6 +180,8 @@ def main() -> None:
         print(f"{'probe: projector outputs (' + tuning + '-image)':<40} accuracy "
               f"{probe_accuracy(projected[0][1], present, projected[1][1], questions):.3f}")
         print(f"{'pope after stage 2 ' + tuning + '-image':<40} AUC {pope_auc(tuned, processor, rows, images_dir):.3f}")
+        for layer, auc in answer_position_aucs(tuned, processor, pairs, present, rows, images_dir).items():
+            print(f"{f'probe: answer position, layer {layer} ({tuning}-image)':<40} AUC {auc:.3f}")
 
 
 def read_stage1_pairs(params) -> list[tuple[Path, str]]:
