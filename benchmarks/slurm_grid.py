@@ -6,8 +6,8 @@ one run, on a one-node cluster of this machine (scripts/slurm/cluster) and a tra
 Each variant is a fresh clone. The sequential one is `dvc repro` as one Slurm job of one CPU (the grid's cells one
 after another); the other is scripts/slurm/submit (inputs, the cells' array, the report). Both give torch one thread
 per process: with another thread count its reductions add in another order and the results move in their last bits
-(measured with benchmarks/dvc_queue.py). Prints each cell's wall time (its MLflow runs' first start to last end) and
-the four cells', then checks: every MLflow run FINISHED, each run's (metric, step) count and each cell's results
+(measured with benchmarks/dvc_queue.py). Prints each cell's time (its MLflow runs' added up) and the four cells' wall
+time (first start to last end), then checks: every MLflow run FINISHED, each run's (metric, step) count and each cell's results
 equal to the sequential `dvc repro`'s. Needs root (apt-get, daemons).
 """
 
@@ -117,13 +117,13 @@ def runs(uri: str) -> dict[str, dict]:
 
 
 def spans(found: dict[str, dict]) -> dict[str, float]:
-    """Per cell, its runs' first start to last end; and the four cells' together."""
-    def span(rows):
-        return max(r["end"] for r in rows) - min(r["start"] for r in rows)
-
+    """Per cell, its runs' time added up (`dvc repro` runs stage by stage, so one cell's runs are far apart); and the
+    four cells' together, from the first run's start to the last one's end."""
     cells = {cell: [r for name, r in found.items() if name.endswith(f"tiny-full-{cell}") or f"tiny-full-{cell}-" in name]
              for cell in CELLS}
-    return {cell: span(rows) for cell, rows in cells.items()} | {"all four": span([r for rows in cells.values() for r in rows])}
+    every = [r for rows in cells.values() for r in rows]
+    return {cell: sum(r["end"] - r["start"] for r in rows) for cell, rows in cells.items()} | \
+        {"all four": max(r["end"] for r in every) - min(r["start"] for r in every)}
 
 
 def main() -> None:
@@ -144,7 +144,7 @@ def main() -> None:
 
     (sequential, seq), (concurrent, con) = measured.items()
     times = {name: spans(got["runs"]) for name, got in measured.items()}
-    print("wall time per cell (its MLflow runs, first start to last end), one CPU per process")
+    print("wall time per cell (its MLflow runs added up; all four: first start to last end), one CPU per process")
     print(f"{'cell':<12}{sequential + ', one job':>24}{concurrent + ', array':>24}{'Slurm task':>14}")
     for cell in (*CELLS, "all four"):
         task = f"{con['tasks_s'][cell]:>13.0f}s" if cell in CELLS else ""
