@@ -16,11 +16,14 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from slurm_grid import differences  # noqa: E402
 CELLS = ("lora-image", "lora-text", "ft-image", "ft-text")
 
 
@@ -85,11 +88,8 @@ def main() -> None:
         print(f"{name} ({got['threads']} torch threads each): {got['succeeded']}/4 experiments succeeded; stage-2 runs {got['stage2_runs']}; "
               f"workers started again {got['restarts']} times")
     print("results equal across the variants:", one["results"] == many["results"])
-    for cell in CELLS:
-        for stage in ("eval_nlp", "eval_mm"):
-            a, b = one["results"][cell][stage], many["results"][cell][stage]
-            for key in sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)):
-                print(f"    differs: {cell} {stage} {key}: {a.get(key)} (-j 1) {b.get(key)} (-j {args.jobs})")
+    for cell, stage, key, a, b in differences(one["results"], many["results"]):
+        print(f"    differs: {cell} {stage} {key}: {a} (-j 1) {b} (-j {args.jobs})")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,14 @@ def grid(project: Path, uri: str, parallel: int) -> dict:
             "results": {cell: results(project / f".cells/tiny-{cell}", cell) for cell in tasks}}
 
 
+def differences(a: dict, b: dict) -> list[tuple[str, str, str, object, object]]:
+    """(cell, stage, key, a's value, b's value) wherever two variants' results ({cell: {stage: metrics}}) differ."""
+    return [(cell, stage, key, a[cell][stage].get(key), b[cell][stage].get(key))
+            for cell in a for stage in a[cell]
+            for key in sorted(k for k in a[cell][stage].keys() | b[cell][stage].keys()
+                              if a[cell][stage].get(k) != b[cell][stage].get(k))]
+
+
 def runs(uri: str) -> dict[str, dict]:
     """Per stage run of the cells: status, (metric, step) count, start and end (s)."""
     from mlflow import MlflowClient
@@ -159,11 +167,8 @@ def main() -> None:
     for run, count in sorted(set(points[sequential]) ^ set(points[concurrent])):
         print(f"    differs: {run} {count} ({sequential if (run, count) in points[sequential] else concurrent})")
     print("results equal to `dvc repro`'s:", seq["results"] == con["results"])
-    for cell in CELLS:
-        for stage, a in seq["results"][cell].items():
-            b = con["results"][cell][stage]
-            for key in sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)):
-                print(f"    differs: {cell} {stage} {key}: {a.get(key)} ({sequential}) {b.get(key)} ({concurrent})")
+    for cell, stage, key, a, b in differences(seq["results"], con["results"]):
+        print(f"    differs: {cell} {stage} {key}: {a} ({sequential}) {b} ({concurrent})")
 
 
 if __name__ == "__main__":
