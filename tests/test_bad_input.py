@@ -79,6 +79,8 @@ def test_advice_for_missing_weights_is_one_the_user_can_follow(params_for, monke
     assert "`-S backbone=/path/to/no-model-7b`" in str(hub_id.value) and "backbones.nobody-here" not in str(hub_id.value)
     with pytest.raises(MissingWeightsError, match=r"set backbones\.llama2\.local_path"):
         resolve_llm(params_for(backbone="llama2"))
+    with pytest.raises(MissingWeightsError, match=r"'0/' is neither a local directory nor a valid hub id"):
+        resolve_llm(params_for(backbone="0/"))  # found by the Hypothesis test: huggingface_hub's own error escaped
 
 
 def test_a_global_batch_that_does_not_divide_names_the_preset(params_for):

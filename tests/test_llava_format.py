@@ -50,6 +50,15 @@ def test_unparsable_json_names_the_record_where_it_breaks(images):
         list(read_llava_file(path, images, on_bad_record="error", with_image=True))
 
 
+@pytest.mark.parametrize("rid", ["line\nbreak", "tab\there"])
+def test_an_id_with_a_control_character_still_gives_a_one_line_error(images, rid):
+    path = images / "instruct.json"
+    path.write_text(json.dumps([record(rid, gpt=None)]))
+    with pytest.raises(BadRecord) as err:
+        list(read_llava_file(path, images, on_bad_record="error", with_image=True))
+    assert "\n" not in str(err.value) and repr(rid)[1:-1] in str(err.value)
+
+
 def test_skip_keeps_good_records_and_counts_the_rest(images):
     path = images / "instruct.json"
     path.write_text(json.dumps([record("r-good")] + [bad for bad, _ in BAD.values()] + [record("r-good2")]))

@@ -31,8 +31,13 @@ class ConfigError(BadInput):
 
 class MalformedFile(BadInput):
     def __init__(self, path: Path | str, where: str, reason: str):
-        super().__init__(f"{path}: {where}: {reason}")
+        super().__init__(f"{path}: {printable(where)}: {printable(reason)}")
         self.reason = reason
+
+
+def printable(text: str) -> str:
+    """`text` with its unprintable characters escaped (a record id of "\\n" would break the one-line error)."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class TrainingFailed(RuntimeError):

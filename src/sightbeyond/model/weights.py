@@ -39,8 +39,14 @@ def _resolve(params: Params, what: str, repo_or_path: str, local_path: str | Non
 @functools.cache
 def _hub(name: str, what: str, repo_id: str, advice: str) -> str:
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
 
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise MissingWeightsError(f"backbone {name!r}: {what} {repo_id!r} is neither a local directory nor a valid hub "
+                                  f"id ({str(err).split(':')[0]})") from None
     with contextlib.suppress(LocalEntryNotFoundError):
         snapshot_download(repo_id, allow_patterns=["config.json"], local_files_only=True)
         return repo_id  # cached
