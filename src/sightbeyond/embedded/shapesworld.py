@@ -124,14 +124,17 @@ def caption(scene: list[Shape]) -> str:
 
 
 def conversation(scene: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
-    """Short multi-turn Q&A opening with yes/no questions about objects, as in LLaVA's conversations: one about a shape
-    that is there and one about a shape that is not, in either order, so only the image tells the answers apart."""
+    """Short multi-turn Q&A opening with two yes/no questions about objects, as in LLaVA's conversations, each about a
+    shape that is there or one that is not, drawn independently: only the image tells an answer (one present and one
+    absent, in either order, let the second answer be read off the first: SmolLM2 learnt that, not the image)."""
     present = {s.kind: s for s in scene}
     absent = [k for k in SHAPES if k not in present]
-    s, k = rng.choice(scene), rng.choice(absent)
-    turns = [(f"Is there {article(s.kind)} {s.kind} in the image?", f"Yes, there is {article(s.name)} {s.name} in the image."),
-             (f"Is there {article(k)} {k} in the image?", f"No, there is no {k} in the image.")]
-    rng.shuffle(turns)
+    turns = []
+    for s, k in zip(rng.sample(scene, 2) if len(scene) > 1 else [scene[0]] * 2, rng.sample(absent, 2)):
+        turns.append((f"Is there {article(s.kind)} {s.kind} in the image?", f"Yes, there is {article(s.name)} {s.name} in the image.")
+                     if rng.random() < 0.5 else (f"Is there {article(k)} {k} in the image?", f"No, there is no {k} in the image."))
+    if turns[0][0] == turns[1][0]:
+        turns.pop()  # a one-shape scene asked about its shape twice: once is enough
     asks = [
         lambda s: (f"What color is the {s.kind}?", f"The {s.kind} is {s.color}."),
         lambda s: (f"Where is the {s.kind} located?", f"The {s.name} is in the {CELLS[s.cell]} of the image."),
