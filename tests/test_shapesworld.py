@@ -33,3 +33,18 @@ def test_no_evaluation_image_is_a_training_image(tmp_path):
     # nor are the records a question about an image is asked of: the records' images are training images
     records = [r for f in (out / "instruct").glob("*.json") for r in json.loads(f.read_text())]
     assert {r["image"] for r in records} <= {p.name for p in (out / "coco/train2017").iterdir()}
+
+
+def test_a_conversations_presence_answers_are_not_readable_from_each_other():
+    import random
+    from collections import Counter
+
+    from sightbeyond.embedded import shapesworld as sw
+
+    rng, pairs = random.Random(0), Counter()
+    for _ in range(400):
+        turns = sw.conversation(sw.sample_scene(rng, rng.randint(2, 3)), rng)
+        pairs[tuple(answer.split(",")[0] for _, answer in turns[:2])] += 1
+    # one present and one absent shape, always, would let the second answer be the first's opposite
+    assert set(pairs) == {("Yes", "No"), ("No", "Yes"), ("Yes", "Yes"), ("No", "No")}
+    assert min(pairs.values()) > 60

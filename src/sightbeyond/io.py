@@ -37,7 +37,7 @@ class MalformedFile(BadInput):
 
 def printable(text: str) -> str:
     """`text` with its unprintable characters escaped (a record id of "\\n" would break the one-line error)."""
-    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class TrainingFailed(RuntimeError):
