@@ -61,6 +61,32 @@ def test_supervised_tokens_are_the_assistant_turns(params_for, template, with_im
     assert labels[0] == -100  # BOS
 
 
+@pytest.mark.parametrize("template", ["v1", "llama_2"])
+def test_the_processors_fast_masks_are_llava_processors(params_for, template, tmp_path):
+    """SightLlavaProcessor only changes how fast the assistant masks are built: the same batch through TRL's collator
+    gives LlavaProcessor's labels exactly (padding, several turns, truncation), and a saved one loads back as itself."""
+    from transformers import AutoProcessor, LlavaProcessor
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    fast = load_processor(params_for(), template)
+    stock = LlavaProcessor(image_processor=fast.image_processor, tokenizer=fast.tokenizer, patch_size=fast.patch_size,
+                           vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
+                           num_additional_image_tokens=1, chat_template=fast.chat_template)
+    conversations = [messages(True), messages(True)[:2], messages(True) + messages(True)[2:] * 2]
+    def collate(processor, max_length):
+        return DataCollatorForVisionLanguageModeling(processor, max_length=max_length, assistant_only_loss=True)(
+            [{"messages": c, "images": [Image.new("RGB", (32, 32), "red")]} for c in conversations])
+
+    full = collate(stock, 4096)["input_ids"].shape[1]
+    for max_length in (4096, full - 7):  # the longest record cut inside its last answer
+        batches = [collate(p, max_length) for p in (fast, stock)]
+        assert (batches[0]["labels"] != -100).any()
+        assert batches[0]["labels"].tolist() == batches[1]["labels"].tolist()
+        assert batches[0]["input_ids"].tolist() == batches[1]["input_ids"].tolist()
+    fast.save_pretrained(tmp_path)
+    assert type(AutoProcessor.from_pretrained(tmp_path)) is type(fast)
+
+
 def test_plain_template_supervises_the_caption_only(params_for):
     params = params_for()
     row = {"id": "x", "images": [Image.new("RGB", (32, 32), "blue")], "messages": [

@@ -25,7 +25,7 @@ from transformers import (
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from sightbeyond.config import ConfigError, Modality, Params, Tuning
-from sightbeyond.data.llava_format import IMAGE_END, IMAGE_START, IMAGE_TOKEN, chat_template
+from sightbeyond.data.llava_format import IMAGE_END, IMAGE_START, IMAGE_TOKEN, chat_template, starts_with_bos
 from sightbeyond.layout import BEST, Cell
 from sightbeyond.model.weights import resolve_backbone, resolve_llm
 
@@ -67,8 +67,23 @@ class SightLlava(LlavaForConditionalGeneration):
         self.model.multi_modal_projector = make_projector(config)
 
 
+class SightLlavaProcessor(LlavaProcessor):
+    """LlavaProcessor whose assistant-token masks cost what the tokenizer does.
+
+    Why a subclass: transformers 5.24 builds the masks by walking `offset_mapping` token by token, and TRL's collator
+    asks for tensors, so each step is a tensor op: 46 of the 61 ms that a tiny batch of 16 took to collate (a list
+    gives the same masks; tests/test_llava_format.py holds them equal to LlavaProcessor's).
+    """
+
+    def _adjust_assistant_masks_indices(self, processed_dict, generation_indices):
+        if isinstance(offsets := processed_dict.get("offset_mapping"), torch.Tensor):
+            processed_dict["offset_mapping"] = offsets.tolist()
+        return super()._adjust_assistant_masks_indices(processed_dict, generation_indices)
+
+
 AutoConfig.register(SightLlavaConfig.model_type, SightLlavaConfig)
 AutoModelForImageTextToText.register(SightLlavaConfig, SightLlava)
+AutoProcessor.register(SightLlavaConfig, SightLlavaProcessor)  # saved processors name it; loading finds it here
 
 
 def load_tokenizer(params: Params, template: str | None = None):
@@ -100,17 +115,12 @@ def template_for(tokenizer, name: str, image_start_end: bool, document_start: st
     return text
 
 
-def starts_with_bos(tokenizer) -> bool:
-    """Whether the tokenizer begins every text with its BOS, as LLaMA's does."""
-    return tokenizer.bos_token_id is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
-
-
-def load_processor(params: Params, template: str | None = None) -> LlavaProcessor:
+def load_processor(params: Params, template: str | None = None) -> SightLlavaProcessor:
     weights = resolve_backbone(params)
     tokenizer = load_tokenizer(params, template)
     image_processor = AutoImageProcessor.from_pretrained(weights.vision)
     vision = CLIPVisionConfig.from_pretrained(weights.vision)
-    return LlavaProcessor(
+    return SightLlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=vision.patch_size,
