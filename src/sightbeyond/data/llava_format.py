@@ -37,6 +37,12 @@ def chat_template(name: str, image_start_end: bool = False) -> str:
     return ("{%- set image = '" + image + "' -%}\n" +
             resources.files("sightbeyond.data.templates").joinpath(f"{name}.jinja").read_text())
 
+
+def starts_with_bos(tokenizer) -> bool:
+    """Whether the tokenizer begins every text with its BOS, as LLaMA's does."""
+    return tokenizer.bos_token_id is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
+
+
 class BadRecord(MalformedFile):
     def __init__(self, file: Path, record: str, reason: str):
         super().__init__(file, f"record {record}", reason)

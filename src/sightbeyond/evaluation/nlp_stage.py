@@ -10,8 +10,8 @@ from transformers import AutoTokenizer
 
 from sightbeyond.config import Params
 from sightbeyond.io import atomic_dir, check_writable, write_json
+from sightbeyond.data.llava_format import starts_with_bos
 from sightbeyond.layout import SELECTION, Cell, nlp_data_root
-from sightbeyond.model.llava import starts_with_bos
 from sightbeyond.model.weights import resolve_llm
 from sightbeyond.tasks.nlp import check_files, data_hash, evaluate_llm, fixed_subsample, holdout, load_tasks
 from sightbeyond.tracking.runs import logged_model, stage_run
