@@ -271,13 +271,14 @@ def test_documents_that_open_alike_share_their_tokens(model_and_tokenizer, tmp_p
 
 
 def test_a_row_holds_each_shared_token_once_and_scores_as_separate_rows(model_and_tokenizer):
-    """Four contexts: a common opening (the cluster's cached prefix), two scenarios of ten tokens, two excuses each;
-    continuations of one and two tokens. Each scenario's row holds it once, and every request scores as its own
-    full forward pass does."""
-    from sightbeyond.tasks.stepwise_eval import SharedPrefixScorer
+    """Four contexts: a common opening longer than a row (the cluster's cached prefix), two scenarios of ten tokens,
+    two excuses each; continuations of one and two tokens. Each scenario's row holds it once, and every request
+    scores as its own full forward pass does."""
+    from sightbeyond.tasks.stepwise_eval import MAX_ROW_TOKENS, SharedPrefixScorer
 
     model, _ = model_and_tokenizer
-    opening, scenarios, excuses = list(range(10, 20)), [list(range(30, 40)), list(range(50, 60))], [[70, 71], [72], [73, 74, 75], [76]]
+    opening = [10 + i % 10 for i in range(MAX_ROW_TOKENS)]
+    scenarios, excuses = [list(range(30, 40)), list(range(50, 60))], [[70, 71], [72], [73, 74, 75], [76]]
     contexts = [opening + scenarios[i // 2] + excuses[i] for i in range(4)]
     continuations = [[5], [6, 7]]
     requests = [(tuple((context + continuation)[:-1]), continuation) for context in contexts for continuation in continuations]
@@ -296,3 +297,25 @@ def test_a_row_holds_each_shared_token_once_and_scores_as_separate_rows(model_an
             expected = logprobs.gather(-1, torch.tensor(continuation)[:, None]).sum().item()
             greedy = bool((logprobs.argmax(-1) == torch.tensor(continuation)).all())
             assert scores[r][0] == pytest.approx(expected, abs=1e-4) and scores[r][1] == greedy
+
+
+def test_a_shared_opening_that_fits_in_a_row_is_shared_there_with_no_cache_of_its_own(model_and_tokenizer):
+    """ETHICS virtue asks five traits of one scenario: a short run of contexts goes into one row as a tree, not into a
+    cluster whose cached prefix costs a forward pass of its own, and every request still scores as its full pass does."""
+    from sightbeyond.tasks.stepwise_eval import SharedPrefixScorer
+
+    model, _ = model_and_tokenizer
+    scenarios = [list(range(30, 50)), list(range(50, 70))]
+    contexts = [scenario + [80 + trait, 90] for scenario in scenarios for trait in range(5)]
+    requests = [(tuple(context), [word]) for context in contexts for word in (5, 6)]
+    scorer = SharedPrefixScorer(requests, batch_size=16)
+    assert [cluster.prefix for cluster in scorer.clusters] == [None]
+    [chunk] = scorer.clusters[0].chunks
+    assert chunk.input_ids.shape == (2, 20 + 5 * 2)  # per scenario one row: the scenario once, each trait's two tokens
+    assert scorer.n_forwards(0, 1) == 1
+    scores = scorer.score(model)
+    with torch.no_grad():
+        for r, (inp, [word]) in enumerate(requests):
+            logprobs = torch.log_softmax(model(input_ids=torch.tensor([inp])).logits[0, -1], dim=-1)
+            assert scores[r][0] == pytest.approx(logprobs[word].item(), abs=1e-4)
+            assert scores[r][1] == (logprobs.argmax().item() == word)

@@ -83,7 +83,7 @@ class SharedPrefixScorer:
         self.clusters = [
             _Cluster(None if not prefix else torch.tensor([prefix], dtype=torch.long),
                      _chunks(members, contexts, requests, len(prefix), batch_size, min_prefix))
-            for prefix, members in _clusters(sorted(contexts), min_prefix)
+            for prefix, members in _clusters(sorted(contexts), contexts, min_prefix)
         ]
 
     def forwards(self, rank: int, world_size: int) -> list[list[_Chunk]]:
@@ -147,10 +147,12 @@ class SharedPrefixScorer:
         return scores
 
 
-def _clusters(contexts: list[tuple[int, ...]], min_prefix: int) -> list[tuple[tuple[int, ...], list[tuple[int, ...]]]]:
-    """Sorted contexts cut into runs whose neighbours share at least `min_prefix` tokens; a run of two or more gets
-    the prefix all of it shares (one token short of its shortest context, which must still predict the first
-    continuation token), the rest go together with no prefix."""
+def _clusters(contexts: list[tuple[int, ...]], branches: dict, min_prefix: int) -> list[tuple[tuple[int, ...], list[tuple[int, ...]]]]:
+    """Sorted contexts cut into runs whose neighbours share at least `min_prefix` tokens; a run of two or more that
+    does not fit in one row gets the prefix all of it shares (one token short of its shortest context, which must
+    still predict the first continuation token), the rest go together with no prefix. A run that fits in a row
+    shares its prefix there: a cache of its own would cost a forward pass of a few rows per run (ETHICS virtue, one
+    per scenario: 0.8x HFLM's time on SmolLM2)."""
     runs: list[list[tuple[int, ...]]] = []
     for context in contexts:
         if runs and _common_prefix_length(runs[-1][-1], context) >= min_prefix:
@@ -160,11 +162,20 @@ def _clusters(contexts: list[tuple[int, ...]], min_prefix: int) -> list[tuple[tu
     out, alone = [], []
     for run in runs:
         length = min(_common_prefix_length(run[0], run[-1]), min(map(len, run)) - 1)  # sorted: the ends bound it
-        if len(run) > 1 and length >= min_prefix:
+        if len(run) > 1 and length >= min_prefix and _tree_width(run, branches) > MAX_ROW_TOKENS:
             out.append((run[0][:length], run))
         else:
             alone += run
     return out + ([((), alone)] if alone else [])
+
+
+def _tree_width(run: list[tuple[int, ...]], branches: dict) -> int:
+    """The tokens of sorted contexts and their continuations laid out as one token tree."""
+    width, previous = 0, ()
+    for context in run:
+        width += len(context) - _common_prefix_length(previous, context) + sum(map(len, branches[context]))
+        previous = context
+    return width
 
 
 def _common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
