@@ -72,7 +72,7 @@ class SightLlavaProcessor(LlavaProcessor):
 
     Why a subclass: transformers 5.24 builds the masks by walking `offset_mapping` token by token, and TRL's collator
     asks for tensors, so each step is a tensor op: 46 of the 61 ms that a tiny batch of 16 took to collate (a list
-    gives the same masks; tests/test_llava_format.py holds them equal to LlavaProcessor's).
+    gives the same masks; tests/test_templates.py holds them equal to LlavaProcessor's).
     """
 
     def _adjust_assistant_masks_indices(self, processed_dict, generation_indices):
