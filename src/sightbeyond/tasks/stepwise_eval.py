@@ -171,11 +171,12 @@ def _clusters(contexts: list[tuple[int, ...]], branches: dict, min_prefix: int) 
 
 def _tree_width(run: list[tuple[int, ...]], branches: dict) -> int:
     """The tokens of sorted contexts and their continuations laid out as one token tree."""
-    width, previous = 0, ()
-    for context in run:
-        width += len(context) - _common_prefix_length(previous, context) + sum(map(len, branches[context]))
-        previous = context
-    return width
+    return sum(_added_tokens(previous, context, branches) for previous, context in zip([(), *run], run))
+
+
+def _added_tokens(previous: tuple[int, ...], context: tuple[int, ...], branches: dict) -> int:
+    """What `context` and its distinct continuations add to a tree whose last context (sorted) is `previous`."""
+    return len(context) - _common_prefix_length(previous, context) + sum(map(len, branches[context]))
 
 
 def _common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -191,13 +192,13 @@ def _chunks(members: list[tuple[int, ...]], contexts: dict, requests: list, pref
     width = 0  # the last row's tokens, at most: branches that its contexts share are counted once each
     for context in members:
         shared = _common_prefix_length(rows[-1][-1], context) if rows else 0
-        grown = width + len(context) - shared + sum(map(len, contexts[context]))
+        grown = width + _added_tokens(rows[-1][-1], context, contexts) if rows else 0
         if rows and shared - prefix >= min_prefix and grown <= MAX_ROW_TOKENS:
             rows[-1].append(context)
             width = grown
         else:
             rows.append([context])
-            width = len(context) - prefix + sum(map(len, contexts[context]))
+            width = _added_tokens((), context, contexts) - prefix
     trees = sorted((_tree(row, contexts, requests, prefix) for row in rows), key=lambda tree: -len(tree[0]))
     return [_chunk(trees[start:start + batch_size]) for start in range(0, len(trees), batch_size)]
 
