@@ -89,3 +89,32 @@ def test_a_value_sftconfig_refuses_fails_before_the_model_loads(params_for, tmp_
     hparams = params_for(**{"presets.tiny.stage2.lr_scheduler_type": "cosine_typo"}).hparams.stage2
     with pytest.raises(ConfigError, match=r"presets\.tiny\.stage2: SFTConfig refuses it: .*cosine_typo"):
         sft_config(tmp_path, hparams, learning_rate=1e-3, save_steps=None, where="presets.tiny.stage2")
+
+
+@pytest.mark.parametrize("preset, projector", [("paper", "linear"), ("tiny", "linear"), ("llava15", "mlp2x_gelu"),
+                                               ("smollm2", "mlp2x_gelu")])
+def test_the_projector_follows_the_preset_unless_set(preset, projector):
+    params = load_params(ROOT / "params.yaml", overrides={"backbone": "llama2", "preset": preset})
+    assert params.projector == projector
+    other = {"linear": "mlp2x_gelu", "mlp2x_gelu": "linear"}[projector]
+    assert load_params(ROOT / "params.yaml", overrides={"backbone": "llama2", "preset": preset,
+                                                        "model.projector": other}).projector == other
+
+
+def test_a_presets_projector_is_the_one_built_and_saved_for_stage2(params_for, tmp_path):
+    """A preset's mlp2x_gelu reaches the model (LLaVA-1.5's two layers), and a stage-1 projector saved from it loads
+    only into a run with the same projector."""
+    from torch import nn
+
+    from sightbeyond.io import ConfigError
+    from sightbeyond.model.llava import build_llava, load_processor, save_projector
+
+    params = params_for(**{"presets.tiny.projector": "mlp2x_gelu"})
+    processor = load_processor(params)
+    model = build_llava(params, processor.tokenizer)
+    assert model.config.projector_type == "mlp2x_gelu"
+    assert sum(isinstance(m, nn.Linear) for m in model.model.multi_modal_projector.modules()) == 2
+    save_projector(model, model.state_dict(), tmp_path, processor.tokenizer)
+    assert build_llava(params, processor.tokenizer, projector_dir=tmp_path).config.projector_type == "mlp2x_gelu"
+    with pytest.raises(ConfigError, match="mlp2x_gelu"):
+        build_llava(params_for(), processor.tokenizer, projector_dir=tmp_path)

@@ -46,6 +46,12 @@ def test_stage1_trains_only_the_projector_and_a_rerun_reproduces_it(tmp_path, pa
 
     untrained = build_llava(params, load_processor(params, template="plain").tokenizer).model.multi_modal_projector
     assert any(not torch.equal(first[name], weight) for name, weight in untrained.state_dict().items())
+    # the run records the projector it built: params.yaml's null (the preset's) resolved
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{mlflow_store}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 2 and {r.data.params["model.projector"] for r in runs} == {"linear"}
 
 
 def test_image_start_end_tokens_never_occur_in_stage1_and_wrap_the_image_in_stage2(tmp_path, params_for, mlflow_store,

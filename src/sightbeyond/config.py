@@ -167,8 +167,11 @@ class Report(Strict):
     confidence: float = Field(gt=0, lt=1)
 
 
+Projector = Literal["linear", "mlp2x_gelu"]
+
+
 class ModelCfg(Strict):
-    projector: Literal["linear", "mlp2x_gelu"]
+    projector: Projector | None      # linear (the paper, LLaVA v1) | mlp2x_gelu (LLaVA-1.5); null: the preset's
     # text_scale: a fresh projector's output scaled to the norm of the LLM's token embeddings (README, recipe);
     # default: torch's initialisation, as the authors'
     projector_init: Literal["text_scale", "default"]
@@ -247,6 +250,7 @@ class Preset(Strict):
     stage1: Stage1Hparams
     stage2: Stage2Hparams
     image_start_end: bool = False           # LLaVA v1's --mm_use_im_start_end (the authors' scripts: on)
+    projector: Projector = "linear"         # the paper's (LLaVA v1); LLaVA-1.5's scripts: mlp2x_gelu
 
 
 class Stage1(Strict):
@@ -429,6 +433,10 @@ class Params(Strict):
     def image_start_end(self) -> bool:
         return self.hparams.image_start_end if self.model.image_start_end is None else self.model.image_start_end
 
+    @property
+    def projector(self) -> str:
+        return self.hparams.projector if self.model.projector is None else self.model.projector
+
     def recipe(self, image_tokens: int | None) -> str:
         """What a run with these params does, in the terms of the README's "The authors' recipe" table."""
         s1, s2, mm, nlp = self.hparams.stage1, self.hparams.stage2, self.eval_mm, self.eval_nlp
@@ -447,7 +455,7 @@ class Params(Strict):
             + f", template {self.active.template}: {steps} steps over {INSTRUCT_80K} records (llava_instruct_80k)"
             + (f", at most {s2.max_steps} steps" if s2.max_steps else ""),
             f"image tokens: {image_tokens if image_tokens is not None else 'unknown'} per image{wrapped}; projector "
-            f"{self.model.projector}, vision layer {self.model.vision_feature_layer}",
+            f"{self.projector}, vision layer {self.model.vision_feature_layer}",
             f"evaluation dtype {nlp.dtype}, add_bos_token {nlp.add_bos_token if nlp.add_bos_token is not None else 'the tokenizer default'}",
             f"decoding: {decoding}; template {mm.template or 'the model' + chr(39) + 's own (the authors: conv_vicuna_v0)'}; captions: at most "
             f"{mm.caption_max_new_tokens} new tokens, other answers {mm.max_new_tokens}",

@@ -151,7 +151,7 @@ def build_llava(params: Params, tokenizer, projector_dir: Path | None = None, ll
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_layer=params.model.vision_feature_layer,
         vision_feature_select_strategy="default",
-        projector_type=params.model.projector,
+        projector_type=params.projector,
         projector_hidden_act="gelu",
         tie_word_embeddings=llm.config.tie_word_embeddings,
     )
@@ -209,8 +209,8 @@ def save_projector(model: SightLlava, state: dict[str, torch.Tensor], out: Path,
 def load_projector(model: SightLlava, stage1_dir: Path, tokenizer) -> None:
     saved = json.loads((stage1_dir / "projector.json").read_text())
     if saved["projector_type"] != model.config.projector_type:
-        raise ConfigError(f"{stage1_dir}: stage-1 projector is {saved['projector_type']!r} but model.projector is "
-                          f"{model.config.projector_type!r}")
+        raise ConfigError(f"{stage1_dir}: stage-1 projector is {saved['projector_type']!r} but this run's (model.projector, "
+                          f"else the preset's projector) is {model.config.projector_type!r}")
     rows = image_token_ids(model, tokenizer)
     if saved.get("use_im_start_end", False) != bool(rows):
         raise ConfigError(f"{stage1_dir}: stage 1 ran with{'' if saved.get('use_im_start_end') else 'out'} image "

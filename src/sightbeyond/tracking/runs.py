@@ -170,6 +170,8 @@ def stage_run(stage: str, params: Params, *, name: str, tags: dict[str, str] | N
                   **flatten({"backbones": {params.backbone: params.active.model_dump()}})}
         for section in param_sections:
             logged |= flatten({section: dumped[section]})
+        if "model" in param_sections:  # as the run resolved them: null in params.yaml means the preset's
+            logged |= {"model.projector": params.projector, "model.image_start_end": params.image_start_end}
         if hparams is not None:  # the preset's values as this stage uses them, under the stage's name
             logged |= {"preset": params.preset_name, **flatten({stage: hparams.model_dump()})}
         mlflow.log_params(logged)
