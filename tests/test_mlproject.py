@@ -16,7 +16,7 @@ from conftest import ROOT, shrink
 
 
 @pytest.mark.slow
-def test_mlflow_run_of_one_cell(tmp_path, manager="uv"):
+def test_mlflow_run_of_one_cell(tmp_path):
     import mlflow
 
     clone = tmp_path / "clone"
@@ -30,7 +30,7 @@ def test_mlflow_run_of_one_cell(tmp_path, manager="uv"):
            "MLFLOW_ENV_ROOT": str(tmp_path / "envs")}
     env.pop("SIGHTBEYOND_ROOT", None)
     done = subprocess.run(["mlflow", "run", str(clone), "-P", "backbone=tiny", "-P", "tuning=lora", "-P", "modality=text",
-                           "--env-manager", manager, "--experiment-name", "sight-beyond-text"],
+                           "--env-manager", "uv", "--experiment-name", "sight-beyond-text"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
 
